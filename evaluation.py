@@ -1,0 +1,53 @@
+"""Evaluate a checkpoint: Recall@K table on a split, optionally written as JSON.
+
+    python evaluation.py --checkpoint output/example/icsd_seed42/checkpoint_best.pth --split val
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from icsd.checkpoint import load_checkpoint
+from icsd.cli import run_main
+from icsd.config import config_from_dict, load_config
+from icsd.errors import ICSDError
+from icsd.trainer import run_evaluation
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="an ICSD checkpoint (.pth)")
+    parser.add_argument("--config", default=None, help="YAML config (default: the one saved in the checkpoint)")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    parser.add_argument("--split", nargs="+", default=["test"], help="split(s) to evaluate (default: test)")
+    parser.add_argument("--out", default=None, help="write the metrics to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.config is not None:
+            cfg = load_config(args.config, args.opts)
+        else:
+            saved = load_checkpoint(args.checkpoint).get("config")
+            if saved is None:
+                raise ICSDError(f"{args.checkpoint} holds no config: pass --config")
+            from icsd.config import apply_overrides
+            cfg = config_from_dict(apply_overrides(saved, args.opts), f"config saved in {args.checkpoint}")
+    except ICSDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    def body(env):
+        results = run_evaluation(cfg, env, args.checkpoint, args.split)
+        if args.out and env.is_main:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
+
+    return run_main(body, cfg.train.device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

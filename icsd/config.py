@@ -1,0 +1,316 @@
+"""Typed, validated configuration (SPEC section 8).
+
+A YAML file maps onto the nested dataclasses below. Every key is checked: an unknown or misspelled key
+stops with a message naming the key, its section and the file, and suggests the closest valid key; a
+value of the wrong type stops with the expected type. ``--opts section.key=value`` overrides go through
+the same validation. Defaults are the reference settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, List, Literal, Optional, Union
+
+import yaml
+
+from icsd.errors import ConfigError
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schema
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    root: str = "datasets/coco"
+    annotation: str = "{split}.json"
+    image_features: str = "{split}_unicom.npy"
+    text_features: str = "{split}_mpnet.npy"
+    text_teacher: Optional[str] = "all-mpnet-base-v2"
+    text_teacher_batch_size: int = 256
+    max_words: int = 64
+    num_workers: int = 8
+    train_split: str = "train"
+
+
+@dataclass
+class PDMConfig:
+    enabled: bool = True
+    scale_init: float = 0.1
+    temperature: float = 1.0
+    eps: float = 1.0e-6
+
+
+@dataclass
+class ModelConfig:
+    clip: str = "ViT-B-32-quickgelu"
+    pretrained: Optional[str] = "openai"
+    force_quick_gelu: bool = False
+    pdm: PDMConfig = field(default_factory=PDMConfig)
+    head_init_std: float = 0.02
+
+
+@dataclass
+class ContrastiveConfig:
+    weight: float = 1.0
+    mode: Literal["mean", "sum"] = "mean"
+    tau: float = 0.05
+    tau_min: float = 0.01
+    tau_max: float = 0.10
+    learn_tau: bool = True
+
+
+@dataclass
+class SoftLabelConfig:
+    weight: float = 0.15
+    kind: Literal["kl", "ce"] = "kl"
+    mode: Literal["mean", "sum"] = "mean"  # reduction of kind: ce (as the contrastive modes)
+    alpha: float = 0.3
+    detach_internal: bool = False
+    tau: float = 0.45
+    tau_min: float = 0.10
+    tau_max: float = 0.99
+    learn_tau: bool = True
+    shared_tau: bool = True
+    teacher_tau: float = 1.0
+    teacher_tau_min: float = 0.10
+    teacher_tau_max: float = 1.00
+    learn_teacher_tau: bool = False
+
+
+@dataclass
+class LossConfig:
+    gather_features: bool = False
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    soft_label: SoftLabelConfig = field(default_factory=SoftLabelConfig)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1.0e-5
+    weight_decay: float = 1.0e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1.0e-8
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "cosine"
+    min_lr: float = 1.0e-6
+    warmup_epochs: int = 0
+    warmup_lr: float = 1.0e-5
+    step_on_epochs: bool = False  # false: the cosine is updated every optimizer step
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    precision: Literal["fp32", "amp_bf16", "amp_fp16"] = "amp_bf16"
+    grad_clip: Optional[float] = None
+    grad_checkpointing: bool = False
+    accum_steps: int = 1
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    log_every: int = 20
+    save_every: int = 0  # also keep checkpoint_epoch{N}.pth every N epochs; 0 = only best and last
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class EvalConfig:
+    splits: List[str] = field(default_factory=lambda: ["val", "test"])
+    select_on: str = "val"
+    select_metric: str = "r_mean"
+    image_batch_size: int = 128
+    text_batch_size: int = 256
+    eval_before_training: bool = False
+
+
+@dataclass
+class Config:
+    output_dir: str = "output/vitb32/coco/icsd"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> str:
+        """The output folder with the seed appended, as the reference: ``icsd`` -> ``icsd_seed42``."""
+        return f"{self.output_dir.rstrip('/')}_seed{self.seed}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building and validation
+# ----------------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin in (list, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` checked against the annotation ``tp``; raise ConfigError if it does not fit."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected bool (true/false), got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected float, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected str, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")  # a schema bug, not a user error
+
+
+def _build(cls: type, raw: Any, section: str, source: str) -> Any:
+    label = f"section '{section}'" if section else "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {label} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key '{key}' in {label}{hint}")
+    values = {}
+    for name, f in fields.items():
+        tp = hints[name]
+        dotted = f"{section}.{name}" if section else name
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw.get(name), dotted, source)
+        elif name in raw:
+            values[name] = _coerce(raw[name], tp, f"{source}: key '{dotted}'")
+    return cls(**values)
+
+
+def _check_ranges(cfg: Config, source: str) -> None:
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {msg}")
+
+    c, s = cfg.loss.contrastive, cfg.loss.soft_label
+    need(0 < c.tau_min <= c.tau <= c.tau_max, "loss.contrastive needs 0 < tau_min <= tau <= tau_max")
+    need(0 < s.tau_min <= s.tau <= s.tau_max, "loss.soft_label needs 0 < tau_min <= tau <= tau_max")
+    need(0 < s.teacher_tau_min <= s.teacher_tau <= s.teacher_tau_max,
+         "loss.soft_label needs 0 < teacher_tau_min <= teacher_tau <= teacher_tau_max")
+    need(0.0 <= s.alpha <= 1.0, "loss.soft_label.alpha must be in [0, 1]")
+    need(c.weight >= 0 and s.weight >= 0, "loss weights must be >= 0")
+    need(cfg.model.pdm.scale_init > 0, "model.pdm.scale_init must be > 0 (it is stored as log(scale))")
+    need(cfg.model.pdm.temperature > 0, "model.pdm.temperature must be > 0")
+    need(cfg.train.epochs >= 1 and cfg.train.batch_size >= 1 and cfg.train.accum_steps >= 1,
+         "train.epochs, train.batch_size and train.accum_steps must be >= 1")
+    need(cfg.train.log_every >= 1, "train.log_every must be >= 1")
+    need(cfg.eval.image_batch_size >= 1 and cfg.eval.text_batch_size >= 1, "eval batch sizes must be >= 1")
+    need(cfg.data.max_words >= 1, "data.max_words must be >= 1")
+    need(not cfg.eval.splits or cfg.eval.select_on in cfg.eval.splits,
+         f"eval.select_on '{cfg.eval.select_on}' must be one of eval.splits {cfg.eval.splits}")
+    for key in ("annotation", "image_features", "text_features"):
+        pattern = getattr(cfg.data, key)
+        need("{split}" in pattern, f"data.{key} '{pattern}' must contain '{{split}}'")
+
+
+def config_from_dict(raw: dict, source: str = "<config>") -> Config:
+    cfg = _build(Config, raw, "", source)
+    _check_ranges(cfg, source)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=2"`` -> (["train", "epochs"], 2). The value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"bad override '{text}': expected section.key=value")
+    key, value = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"bad override '{text}': empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bad override '{text}': value is not valid YAML ({exc})") from None
+    return path, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides or []:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"bad override '{text}': '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> Config:
+    """Read a YAML file (or only defaults when ``path`` is None), apply ``--opts`` overrides, validate."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = path
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source = f"{source} (with --opts {' '.join(overrides)})"
+    return config_from_dict(raw, source)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

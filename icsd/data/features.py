@@ -1,0 +1,165 @@
+"""External teacher features on disk (SPEC section 2).
+
+Image teacher ("unicom"), two layouts:
+
+1. the released layout: a pickled dict ``{image_id: array (1, D) or (D,)}`` saved with ``np.save``;
+2. the project's layout: a float16 matrix ``[N, D]`` in a ``.npy`` file opened with ``mmap_mode="r"``
+   (never read whole), plus a sidecar ``<file>.meta.json`` whose ``ids`` list the image_id of every row.
+
+Text teacher: a float16 matrix ``[num_records, D]`` with a sidecar holding the teacher's name and the
+fingerprint of the preprocessed captions it encoded; a cache built from other captions or by another
+teacher is refused, never silently used.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from icsd.errors import DataError
+
+META_SUFFIX = ".meta.json"
+
+
+def meta_path(path: str) -> str:
+    return path + META_SUFFIX
+
+
+def read_meta(path: str) -> Optional[dict]:
+    sidecar = meta_path(path)
+    if not os.path.isfile(sidecar):
+        return None
+    try:
+        with open(sidecar) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{sidecar}: malformed JSON ({exc})") from None
+
+
+def write_meta(path: str, meta: dict) -> None:
+    tmp = meta_path(path) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp, meta_path(path))
+
+
+def _npy_is_pickled(path: str) -> bool:
+    """True for an object array (the released pickled dict), from the ``.npy`` header alone."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)(f)
+        except ValueError as exc:
+            raise DataError(f"{path}: not a .npy file ({exc})") from None
+    return header[2].hasobject
+
+
+class ImageFeatures:
+    """An image teacher's features: ``ids[row]`` and ``vector(row)`` (float32, flattened), any layout."""
+
+    def __init__(self, path: str, ids: Sequence[str], dim: int, rows):
+        self.path = path
+        self.ids = list(ids)
+        self.dim = dim
+        self._rows = rows  # an [N, D] array (mmap) or a list of arrays of D elements each
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def vector(self, row: int) -> np.ndarray:
+        return np.asarray(self._rows[row], dtype=np.float32).reshape(-1)
+
+    def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
+        """Row of each image_id; a DataError names the file and the first image_id with no feature."""
+        position = {image_id: row for row, image_id in enumerate(self.ids)}
+        rows = np.empty(len(image_ids), dtype=np.int64)
+        for i, image_id in enumerate(image_ids):
+            if image_id not in position:
+                raise DataError(f"{self.path}: no image feature for image_id {image_id!r}")
+            rows[i] = position[image_id]
+        return rows
+
+
+def _load_pickled_dict(path: str) -> ImageFeatures:
+    try:
+        data = np.load(path, allow_pickle=True)
+        data = data.item() if data.shape == () else None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise DataError(f"{path}: cannot read the pickled feature dict ({exc})") from None
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path}: expected a non-empty pickled dict {{image_id: array}}")
+    ids, rows, dim = [], [], None
+    for key, value in data.items():
+        value = np.asarray(value)
+        if value.ndim == 2 and value.shape[0] == 1:
+            value = value[0]
+        elif value.ndim != 1:
+            value = value.reshape(-1)
+        if dim is None:
+            dim = value.size
+        elif value.size != dim:
+            raise DataError(f"{path}: feature of image_id {str(key)!r} has dimension {value.size}, "
+                            f"the others have {dim}")
+        ids.append(str(key))
+        rows.append(value)
+    return ImageFeatures(path, ids, dim, rows)
+
+
+def _load_matrix(path: str, meta: dict) -> ImageFeatures:
+    matrix = np.load(path, mmap_mode="r")
+    if matrix.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D feature matrix [N, D], got shape {matrix.shape}")
+    ids = meta.get("ids")
+    if not isinstance(ids, list) or len(ids) != matrix.shape[0]:
+        raise DataError(f"{meta_path(path)}: 'ids' must list one image_id per row "
+                        f"({matrix.shape[0]} rows, got {len(ids) if isinstance(ids, list) else ids!r})")
+    if "dim" in meta and meta["dim"] != matrix.shape[1]:
+        raise DataError(f"{path}: sidecar says dim {meta['dim']}, the matrix has {matrix.shape[1]} columns")
+    return ImageFeatures(path, [str(i) for i in ids], int(matrix.shape[1]), matrix)
+
+
+def load_image_features(path: str) -> ImageFeatures:
+    """Open an image-teacher file in either layout (the sidecar decides; else the released dict)."""
+    if not os.path.isfile(path):
+        raise DataError(f"image feature file not found: {path}")
+    if _npy_is_pickled(path):
+        return _load_pickled_dict(path)
+    meta = read_meta(path)
+    if meta is None:
+        raise DataError(f"{path}: a feature matrix needs its sidecar {meta_path(path)} listing the row ids")
+    return _load_matrix(path, meta)
+
+
+def load_text_features(path: str, fingerprint: str, num_records: int, teacher: Optional[str]) -> np.ndarray:
+    """Open a text-feature cache as a read-only memmap after checking it matches the captions.
+
+    ``teacher`` None accepts a cache from any teacher (only the captions are checked).
+    """
+    meta = read_meta(path)
+    if not os.path.isfile(path) or meta is None:
+        raise DataError(f"text feature cache not found: {path} (with sidecar {meta_path(path)})")
+    stale = []
+    if meta.get("fingerprint") != fingerprint:
+        stale.append(f"it was built from other captions (fingerprint {str(meta.get('fingerprint'))[:12]}... "
+                     f"!= {fingerprint[:12]}...)")
+    if teacher is not None and meta.get("model") != teacher:
+        stale.append(f"it was built by teacher {meta.get('model')!r}, the config asks for {teacher!r}")
+    if stale:
+        raise DataError(f"stale text feature cache {path}: {'; '.join(stale)}. Delete it to rebuild it, "
+                        f"or set data.text_features to another file")
+    matrix = np.load(path, mmap_mode="r")
+    if matrix.ndim != 2 or matrix.shape[0] != num_records:
+        raise DataError(f"{path}: expected [{num_records}, D] text features, got shape {matrix.shape}")
+    return matrix
+
+
+def save_feature_matrix(path: str, matrix: np.ndarray, meta: dict) -> None:
+    """Write ``matrix`` as float16 ``.npy`` plus its sidecar, atomically (temp files, then rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.npy"
+    np.save(tmp, np.ascontiguousarray(matrix, dtype=np.float16))
+    os.replace(tmp, path)
+    write_meta(path, {**meta, "dim": int(matrix.shape[1]), "rows": int(matrix.shape[0]), "dtype": "float16"})

@@ -1,0 +1,148 @@
+"""One training epoch, and the evaluation of a split (encode in fixed batches, then Recall@K)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from icsd.config import Config
+from icsd.data.annotations import Split
+from icsd.data.datasets import EvalImages, EvalTexts
+from icsd.distributed import DistEnv, all_gather_no_grad, all_gather_objects, all_gather_with_grad, all_reduce_sum
+from icsd.errors import TrainingError
+from icsd.losses import icsd_loss
+from icsd.metrics import fold_metrics, recall_metrics
+
+FEATURE_KEYS = ("x_img", "x_txt", "f_img", "f_txt")
+COCO_5K_IMAGES = 5000
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "amp_bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def gather_for_loss(out: dict, batch: dict) -> tuple[dict, dict]:
+    """All-gather features (with gradient), image ids and teacher features (constants) across ranks."""
+    out = {k: all_gather_with_grad(v) if k in FEATURE_KEYS else v for k, v in out.items()}
+    batch = {k: all_gather_no_grad(v) for k, v in batch.items() if k in ("image_index", "ext_img", "ext_txt")}
+    return out, batch
+
+
+def compute_loss_terms(out: dict, batch: dict, cfg: Config) -> dict[str, torch.Tensor]:
+    if cfg.loss.gather_features:
+        out, batch = gather_for_loss(out, batch)
+    return icsd_loss(out, batch["image_index"], cfg.loss, batch.get("ext_img"), batch.get("ext_txt"))
+
+
+def _check_finite(sums: torch.Tensor, names: list[str], epoch: int, step: int) -> None:
+    sums = all_reduce_sum(sums)  # every rank stops together if any rank went non-finite
+    if not bool(torch.isfinite(sums).all()):
+        bad = [n for n, v in zip(names, sums.tolist()) if not math.isfinite(v)]
+        raise TrainingError(f"non-finite loss ({', '.join(bad)}) in epoch {epoch} by step {step}; stopping. "
+                            f"The last checkpoint written is intact; try a lower lr, grad_clip or fp32.")
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, scaler, cfg: Config, env: DistEnv,
+                    epoch: int, num_updates: int, updates_per_epoch: int) -> tuple[dict, int]:
+    """Train ``updates_per_epoch`` optimizer steps. Returns (epoch means of every loss term, num_updates).
+
+    Loss terms are summed on the device and synchronised only every ``train.log_every`` steps (progress
+    bar and non-finite check), never with a per-step ``.item()``.
+    """
+    model.train()
+    t = cfg.train
+    accum, steps = t.accum_steps, updates_per_epoch * t.accum_steps
+    sums: Optional[torch.Tensor] = None
+    names: list[str] = []
+    start = time.perf_counter()
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not env.is_main, dynamic_ncols=True, leave=False)
+    for step, batch in zip(range(steps), loader):
+        batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+        last_micro = (step + 1) % accum == 0
+        no_sync = env.distributed and not last_micro
+        with model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(t.precision, env.device):
+                out = model(batch["image"], batch["tokens"])
+            terms = compute_loss_terms(out, batch, cfg)
+            scaler.scale(terms["loss"] / accum).backward()
+        if last_micro:
+            if t.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            unwrap(model).clamp_temperatures_()
+            num_updates += 1
+            scheduler.step_update(num_updates)
+        detached = torch.stack([v.detach().float() for v in terms.values()])
+        if sums is None:
+            names, sums = list(terms), torch.zeros_like(detached)
+        sums += detached
+        if (step + 1) % t.log_every == 0 or step + 1 == steps:
+            _check_finite(sums, names, epoch, step + 1)
+            bar.set_postfix(loss=f"{sums[names.index('loss')].item() / (step + 1):.4f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - start
+    means = (all_reduce_sum(sums) / (env.world_size * steps)).tolist()
+    stats = dict(zip(names, means))
+    stats["seconds_training"] = seconds
+    stats["samples_per_second"] = steps * t.batch_size * env.world_size / seconds
+    return stats, num_updates
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def _encode_batches(encode: Callable, dataset, batch_size: int, env: DistEnv, num_workers: int,
+                    precision: str) -> torch.Tensor:
+    """Encode ``dataset`` in consecutive fixed batches; batch k runs on rank k % world_size, so every
+    batch (and so every PDM mix) is the same as in a single process. Returns all rows, in order."""
+    num_batches = math.ceil(len(dataset) / batch_size)
+    mine = list(range(env.rank, num_batches, env.world_size))
+    sampler = [list(range(k * batch_size, min((k + 1) * batch_size, len(dataset)))) for k in mine]
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+    encoded = {}
+    for k, batch in zip(mine, loader):
+        with autocast(precision, env.device):
+            encoded[k] = encode(batch.to(env.device, non_blocking=True))[1].float().cpu()
+    if env.distributed:
+        for part in all_gather_objects(encoded):
+            encoded.update(part)
+    return torch.cat([encoded[k] for k in range(num_batches)])
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, split: Split, transform: Callable, tokenizer: Callable, cfg: Config,
+                   env: DistEnv) -> dict[str, float]:
+    """Recall@K of ``split``; for a 5,000-image split also the COCO 1K five-fold metrics (``1k_*``)."""
+    model = unwrap(model)
+    model.eval()
+    workers = cfg.data.num_workers
+    texts = EvalTexts(split, tokenizer)
+    f_img = _encode_batches(model.encode_image, EvalImages(split, transform), cfg.eval.image_batch_size, env,
+                            workers, cfg.train.precision)
+    f_txt = _encode_batches(model.encode_text, texts, cfg.eval.text_batch_size, env, workers,
+                            cfg.train.precision)
+    sim = f_img @ f_txt.t()
+    metrics = recall_metrics(sim, texts.txt2img)
+    if split.num_images == COCO_5K_IMAGES:
+        metrics.update({f"1k_{k}": v for k, v in fold_metrics(sim, texts.txt2img, 1000).items()})
+    return metrics

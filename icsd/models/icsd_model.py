@@ -1,0 +1,47 @@
+"""The ICSD dual encoder. ``forward`` returns features and temperatures; losses live in icsd.losses."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icsd.config import Config
+from icsd.models.backbone import Backbone, build_backbone
+from icsd.models.heads import build_head
+from icsd.models.temperature import Temperatures
+
+
+class ICSDModel(nn.Module):
+    """open_clip backbone -> internal features ``x`` -> head (PDM -> Linear) -> L2-normalised ``f``/``g``."""
+
+    def __init__(self, clip: nn.Module, embed_dim: int, cfg: Config):
+        super().__init__()
+        self.clip = clip
+        self.image_head = build_head(embed_dim, cfg.model.pdm, cfg.model.head_init_std)
+        self.text_head = build_head(embed_dim, cfg.model.pdm, cfg.model.head_init_std)
+        self.temperatures = Temperatures(cfg.loss)
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(internal feature ``x_img``, normalised head output ``f``) for a batch of images."""
+        x = self.clip.encode_image(images)
+        return x, F.normalize(self.image_head(x), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.clip.encode_text(tokens)
+        return x, F.normalize(self.text_head(x), dim=-1)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        x_img, f_img = self.encode_image(images)
+        x_txt, f_txt = self.encode_text(tokens)
+        return {"x_img": x_img, "x_txt": x_txt, "f_img": f_img, "f_txt": f_txt,
+                **self.temperatures.current()}
+
+    def clamp_temperatures_(self) -> None:
+        self.temperatures.clamp_()
+
+
+def build_model(cfg: Config) -> tuple[ICSDModel, Backbone]:
+    backbone = build_backbone(cfg.model)
+    if cfg.train.grad_checkpointing:
+        backbone.clip.set_grad_checkpointing(True)
+    return ICSDModel(backbone.clip, backbone.embed_dim, cfg), backbone

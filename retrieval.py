@@ -1,0 +1,45 @@
+"""Train ICSD (or evaluate with --eval). Single process or ``torchrun --nproc_per_node=N retrieval.py``.
+
+    python retrieval.py --config configs/example/icsd.yaml
+    torchrun --nproc_per_node=4 retrieval.py --config configs/vitb32/coco/icsd.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from icsd.cli import run_main
+from icsd.config import ConfigError, load_config
+from icsd.trainer import resolve_resume, run_evaluation, run_training
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --opts train.epochs=5 loss.soft_label.alpha=0")
+    parser.add_argument("--resume", default=None, help="'auto' (the run folder's last checkpoint) or a path")
+    parser.add_argument("--eval", action="store_true", help="only evaluate (the --resume checkpoint, if any)")
+    parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.opts + ([f"seed={args.seed}"] if args.seed is not None else []))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    def body(env):
+        if args.eval:
+            run_evaluation(cfg, env, resolve_resume(args.resume, cfg.run_dir), cfg.eval.splits)
+        else:
+            run_training(cfg, env, args.resume)
+
+    return run_main(body, cfg.train.device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

