@@ -288,19 +288,45 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+BASE_KEY = "_base_"
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str, _seen: tuple = ()) -> dict:
+    """A YAML mapping; ``_base_: other.yaml`` (relative to this file) is read first and deep-merged under it."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    if os.path.abspath(path) in _seen:
+        raise ConfigError(f"{path}: '{BASE_KEY}' chain loops back to itself")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: '{BASE_KEY}' must be a path to another YAML file")
+    base_path = os.path.join(os.path.dirname(path), base)
+    return _deep_merge(read_yaml(base_path, _seen + (os.path.abspath(path),)), raw)
+
+
 def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> Config:
     """Read a YAML file (or only defaults when ``path`` is None), apply ``--opts`` overrides, validate."""
-    raw: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        source = path
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            try:
-                raw = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    raw = read_yaml(path) if path is not None else {}
+    source = path if path is not None else "<defaults>"
     if overrides:
         raw = apply_overrides(raw, overrides)
         source = f"{source} (with --opts {' '.join(overrides)})"

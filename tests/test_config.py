@@ -1,0 +1,120 @@
+"""Config loading: typed keys, unknown-key suggestions, overrides, _base_ inheritance, saving."""
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import yaml
+
+from icsd.config import ConfigError, config_to_dict, load_config, save_config
+
+
+def write(tmp_path, text: str, name: str = "c.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_are_the_reference_settings():
+    cfg = load_config(None)
+    assert cfg.model.clip == "ViT-B-32-quickgelu" and cfg.model.pretrained == "openai"
+    assert (cfg.loss.contrastive.tau, cfg.loss.contrastive.tau_min, cfg.loss.contrastive.tau_max) == (0.05, 0.01, 0.10)
+    s = cfg.loss.soft_label
+    assert (s.weight, s.alpha, s.tau, s.teacher_tau, s.kind) == (0.15, 0.3, 0.45, 1.0, "kl")
+    assert (cfg.train.optimizer.lr, cfg.train.optimizer.weight_decay, cfg.train.scheduler.min_lr) == (1e-5, 1e-4, 1e-6)
+    assert (cfg.eval.image_batch_size, cfg.eval.text_batch_size, cfg.eval.select_on) == (128, 256, "val")
+    assert cfg.run_dir == "output/vitb32/coco/icsd_seed42"
+
+
+def test_unknown_key_names_key_section_file_and_suggests(tmp_path):
+    path = write(tmp_path, "train:\n  optimizer:\n    lrr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "'lrr'" in msg and "train.optimizer" in msg and path in msg and "did you mean 'lr'" in msg
+
+
+def test_unknown_top_level_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'trian' in the top level; did you mean 'train'"):
+        load_config(write(tmp_path, "trian: {epochs: 3}\n"))
+
+
+def test_wrong_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'train.epochs': expected int, got 'ten'"):
+        load_config(write(tmp_path, "train: {epochs: ten}\n"))
+    with pytest.raises(ConfigError, match=r"key 'loss.soft_label.detach_internal': expected bool"):
+        load_config(write(tmp_path, "loss: {soft_label: {detach_internal: 1}}\n"))
+    with pytest.raises(ConfigError, match=r"key 'train.precision': expected one of 'fp32' \| 'amp_bf16'"):
+        load_config(write(tmp_path, "train: {precision: fp64}\n"))
+
+
+def test_section_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match=r"section 'loss.contrastive' must be a mapping"):
+        load_config(write(tmp_path, "loss: {contrastive: 3}\n"))
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, "train: {epochs: 3}\n")
+    cfg = load_config(path, ["train.epochs=5", "loss.soft_label.alpha=0", "model.pretrained=null",
+                             "eval.splits=[val]"])
+    assert cfg.train.epochs == 5 and cfg.loss.soft_label.alpha == 0.0 and cfg.model.pretrained is None
+    assert cfg.eval.splits == ["val"]
+    with pytest.raises(ConfigError, match=r"key 'train.epochs': expected int, got 'many'"):
+        load_config(path, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"bad override 'train.epochs': expected section.key=value"):
+        load_config(path, ["train.epochs"])
+    with pytest.raises(ConfigError, match=r"unknown key 'epoch' in section 'train'.*did you mean 'epochs'"):
+        load_config(path, ["train.epoch=4"])
+    with pytest.raises(ConfigError, match=r"'epochs' is not a section"):
+        load_config(path, ["train.epochs.x=4"])
+
+
+def test_ranges_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"tau_min <= tau <= tau_max"):
+        load_config(None, ["loss.contrastive.tau=0.5"])
+    with pytest.raises(ConfigError, match=r"alpha must be in \[0, 1\]"):
+        load_config(None, ["loss.soft_label.alpha=1.5"])
+    with pytest.raises(ConfigError, match=r"select_on 'test' must be one of eval.splits"):
+        load_config(None, ["eval.splits=[val]", "eval.select_on=test"])
+
+
+def test_base_inheritance_deep_merges(tmp_path):
+    write(tmp_path, "train: {epochs: 7, batch_size: 16}\nloss: {soft_label: {alpha: 0.5}}\n", "base.yaml")
+    cfg = load_config(write(tmp_path, "_base_: base.yaml\ntrain: {epochs: 9}\n"))
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.loss.soft_label.alpha) == (9, 16, 0.5)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "train: [unclosed\n"))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.epochs=3", "loss.soft_label.shared_tau=false"])
+    path = str(tmp_path / "resolved.yaml")
+    save_config(cfg, path)
+    assert load_config(path) == cfg
+    assert yaml.safe_load(open(path))["train"]["epochs"] == 3
+    assert config_to_dict(cfg)["loss"]["soft_label"]["shared_tau"] is False
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "**",
+                                                               "*.yaml"), recursive=True)))
+def test_every_shipped_config_is_valid(path):
+    load_config(path)
+
+
+def test_paper_configs_have_the_reference_settings(repo):
+    expected = {"vitb32/coco": ("ViT-B-32-quickgelu", 128, 128, 30), "vitb32/flickr": ("ViT-B-32-quickgelu", 128, 128, 50),
+                "vitl14_336/coco": ("ViT-L-14-336-quickgelu", 16, 32, 30),
+                "vitl14_336/flickr": ("ViT-L-14-336-quickgelu", 16, 32, 50)}
+    for name, (clip, batch, image_batch, epochs) in expected.items():
+        cfg = load_config(os.path.join(repo, "configs", name, "icsd.yaml"))
+        assert (cfg.model.clip, cfg.train.batch_size, cfg.eval.image_batch_size, cfg.train.epochs) == \
+            (clip, batch, image_batch, epochs), name
+        assert cfg.model.pretrained == "openai" and cfg.loss.gather_features is False
+        assert cfg.eval.text_batch_size == 256 and cfg.train.optimizer.lr == 1e-5
+        assert cfg.train.scheduler.warmup_epochs == 0 and cfg.train.scheduler.min_lr == 1e-6
