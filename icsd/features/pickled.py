@@ -1,0 +1,75 @@
+"""Convert a released pickled-dict feature file (``np.save`` of ``{image_id: array (1, D) or (D,)}``)
+to the project's layout (float16 ``[N, D]`` ``.npy`` opened with ``mmap_mode="r"`` + sidecar ``ids``).
+
+The dict is unpickled once (the only way to read it); rows are then streamed to disk in small chunks and
+each entry is dropped from the dict as soon as it is written, so memory never holds a second copy of
+the features (peak = the dict + one chunk). Rows are written sorted by image_id, as ``load_split``
+lists images, so training and evaluation read the file in order.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from icsd.errors import DataError
+from icsd.features.writer import FeatureWriter
+
+
+def read_pickled_dict(path: str) -> dict:
+    """The released dict ``{image_id: array}``, or a DataError naming the file."""
+    if not os.path.isfile(path):
+        raise DataError(f"feature file not found: {path}")
+    try:
+        data = np.load(path, allow_pickle=True)
+        data = data.item() if isinstance(data, np.ndarray) and data.shape == () else data
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise DataError(f"{path}: cannot read a pickled feature dict ({exc})") from None
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path}: expected a non-empty pickled dict {{image_id: array}}, "
+                        f"got {type(data).__name__}")
+    return data
+
+
+def _sorted_keys(path: str, data: dict) -> tuple[list, int]:
+    """The dict's keys sorted by ``str(image_id)`` and the common dimension D (checked, without copies)."""
+    by_id: dict[str, object] = {}
+    dim: Optional[int] = None
+    for key, value in data.items():
+        if str(key) in by_id:
+            raise DataError(f"{path}: image_id {str(key)!r} appears twice (as {by_id[str(key)]!r} and {key!r})")
+        by_id[str(key)] = key
+        size = np.size(value)
+        if dim is None:
+            dim = size
+        elif size != dim:
+            raise DataError(f"{path}: feature of image_id {str(key)!r} has {size} values "
+                            f"(shape {np.shape(value)}), the others have {dim}")
+    if not dim:
+        raise DataError(f"{path}: the features are empty (dimension 0)")
+    return [by_id[i] for i in sorted(by_id)], dim
+
+
+def convert_pickled_dict(src: str, dst: str, model: str = "unicom", mode: str = "released",
+                         chunk_rows: int = 256, data: Optional[dict] = None) -> int:
+    """Write ``src`` in the project's layout at ``dst`` (+ ``dst.meta.json``); returns the row count.
+
+    ``data`` (the already unpickled dict, emptied as it is written) spares reading ``src`` again."""
+    data = read_pickled_dict(src) if data is None else data
+    keys, dim = _sorted_keys(src, data)
+    meta = {"model": model, "mode": mode, "kind": "image", "source": os.path.basename(src),
+            "ids": [str(k) for k in keys]}
+    writer = FeatureWriter(dst, len(keys), meta, resume=False)
+    try:
+        for start in range(0, len(keys), chunk_rows):
+            chunk = keys[start:start + chunk_rows]
+            block = np.empty((len(chunk), dim), dtype=np.float16)
+            for row, key in enumerate(chunk):
+                block[row] = np.asarray(data.pop(key)).reshape(-1)
+            writer.write(block)
+    except BaseException:
+        writer.close()
+        raise
+    writer.finish()
+    return len(keys)
