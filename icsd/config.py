@@ -261,7 +261,8 @@ def config_from_dict(raw: dict, source: str = "<config>") -> Config:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.epochs=2"`` -> (["train", "epochs"], 2). The value is parsed as YAML."""
+    """``"train.epochs=2"`` -> (["train", "epochs"], 2). The value is parsed as YAML; text that is not
+    valid YAML (``new_{split}.json``) is taken as a string."""
     if "=" not in text:
         raise ConfigError(f"bad override '{text}': expected section.key=value")
     key, value = text.split("=", 1)
@@ -270,8 +271,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"bad override '{text}': empty key")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"bad override '{text}': value is not valid YAML ({exc})") from None
+    except yaml.YAMLError:
+        parsed = value
     return path, parsed
 
 

@@ -70,35 +70,35 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, sc
     names: list[str] = []
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not env.is_main, dynamic_ncols=True, leave=False)
-    for step, batch in zip(range(steps), loader):
-        batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
-        last_micro = (step + 1) % accum == 0
-        no_sync = env.distributed and not last_micro
-        with model.no_sync() if no_sync else contextlib.nullcontext():
-            with autocast(t.precision, env.device):
-                out = model(batch["image"], batch["tokens"])
-            terms = compute_loss_terms(out, batch, cfg)
-            scaler.scale(terms["loss"] / accum).backward()
-        if last_micro:
-            if t.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            unwrap(model).clamp_temperatures_()
-            num_updates += 1
-            scheduler.step_update(num_updates)
-        detached = torch.stack([v.detach().float() for v in terms.values()])
-        if sums is None:
-            names, sums = list(terms), torch.zeros_like(detached)
-        sums += detached
-        if (step + 1) % t.log_every == 0 or step + 1 == steps:
-            _check_finite(sums, names, epoch, step + 1)
-            bar.set_postfix(loss=f"{sums[names.index('loss')].item() / (step + 1):.4f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        bar.update(1)
-    bar.close()
+    with bar:
+        for step, batch in zip(range(steps), loader):
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+            last_micro = (step + 1) % accum == 0
+            no_sync = env.distributed and not last_micro
+            with model.no_sync() if no_sync else contextlib.nullcontext():
+                with autocast(t.precision, env.device):
+                    out = model(batch["image"], batch["tokens"])
+                terms = compute_loss_terms(out, batch, cfg)
+                scaler.scale(terms["loss"] / accum).backward()
+            if last_micro:
+                if t.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                unwrap(model).clamp_temperatures_()
+                num_updates += 1
+                scheduler.step_update(num_updates)
+            detached = torch.stack([v.detach().float() for v in terms.values()])
+            if sums is None:
+                names, sums = list(terms), torch.zeros_like(detached)
+            sums += detached
+            if (step + 1) % t.log_every == 0 or step + 1 == steps:
+                _check_finite(sums, names, epoch, step + 1)
+                bar.set_postfix(loss=f"{sums[names.index('loss')].item() / (step + 1):.4f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.update(1)
     seconds = time.perf_counter() - start
     means = (all_reduce_sum(sums) / (env.world_size * steps)).tolist()
     stats = dict(zip(names, means))

