@@ -86,8 +86,14 @@ def build_model_for(cfg: Config, env: DistEnv, from_checkpoint: bool):
     return model.to(env.device), backbone
 
 
-def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> dict:
-    """Train as configured; returns the last epoch's log record."""
+@dataclass
+class TrainingResult:
+    model: ICSDModel  # the trained model (unwrapped), on its device
+    record: dict  # the last epoch's log record
+
+
+def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> TrainingResult:
+    """Train as configured."""
     run_dir = cfg.run_dir
     resume_path = resolve_resume(resume, run_dir)
     seed_everything(cfg.seed + env.rank)
@@ -183,7 +189,7 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> dic
                   f"{stats['samples_per_second']:.1f} samples/s" + (f"\n{format_table(results)}" if results else ""))
     log0(env, f"done: {run_dir} (best {select_key} {best['score']:.2f} at epoch {best['epoch']})"
          if best["epoch"] is not None else f"done: {run_dir}")
-    return record
+    return TrainingResult(model, record)
 
 
 def run_evaluation(cfg: Config, env: DistEnv, checkpoint: Optional[str], splits) -> dict[str, dict[str, float]]:

@@ -11,12 +11,20 @@ from icsd.models.heads import build_head
 from icsd.models.temperature import Temperatures
 
 
+# open_clip's own loss parameters: ICSD uses its temperatures instead, so they are frozen (a trainable
+# parameter without gradient would break DDP and waste optimizer state).
+OPEN_CLIP_LOSS_PARAMETERS = ("logit_scale", "logit_bias")
+
+
 class ICSDModel(nn.Module):
     """open_clip backbone -> internal features ``x`` -> head (PDM -> Linear) -> L2-normalised ``f``/``g``."""
 
     def __init__(self, clip: nn.Module, embed_dim: int, cfg: Config):
         super().__init__()
         self.clip = clip
+        for name, param in clip.named_parameters():
+            if name in OPEN_CLIP_LOSS_PARAMETERS:
+                param.requires_grad_(False)
         self.image_head = build_head(embed_dim, cfg.model.pdm, cfg.model.head_init_std)
         self.text_head = build_head(embed_dim, cfg.model.pdm, cfg.model.head_init_std)
         self.temperatures = Temperatures(cfg.loss)
