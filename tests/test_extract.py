@@ -349,3 +349,10 @@ def test_writer_refuses_inconsistent_blocks(tmp_path):
         writer.finish()
     writer.close()
     assert not os.path.exists(tmp_path / "f.npy")
+
+
+def test_unknown_text_teacher_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot load the sentence-transformers text teacher '.*no_such_model'"):
+        extract_text_features(str(tmp_path / "t.npy"), "x", ["a caption"], source=str(tmp_path / "no_such_model"),
+                              device="cpu", show_progress=False)
+    assert not os.path.exists(tmp_path / "t.npy")
