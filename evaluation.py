@@ -10,7 +10,7 @@ import sys
 
 from icsd.checkpoint import load_checkpoint
 from icsd.cli import run_main
-from icsd.config import config_from_dict, load_config
+from icsd.config import apply_overrides, config_from_dict, load_config
 from icsd.errors import ICSDError
 from icsd.trainer import run_evaluation
 
@@ -28,20 +28,19 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        state = load_checkpoint(args.checkpoint)
         if args.config is not None:
             cfg = load_config(args.config, args.opts)
+        elif state.get("config") is not None:
+            cfg = config_from_dict(apply_overrides(state["config"], args.opts), f"config saved in {args.checkpoint}")
         else:
-            saved = load_checkpoint(args.checkpoint).get("config")
-            if saved is None:
-                raise ICSDError(f"{args.checkpoint} holds no config: pass --config")
-            from icsd.config import apply_overrides
-            cfg = config_from_dict(apply_overrides(saved, args.opts), f"config saved in {args.checkpoint}")
+            raise ICSDError(f"{args.checkpoint} holds no config: pass --config")
     except ICSDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
     def body(env):
-        results = run_evaluation(cfg, env, args.checkpoint, args.split)
+        results = run_evaluation(cfg, env, state["model"], args.split)
         if args.out and env.is_main:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from icsd.checkpoint import load_checkpoint
 from icsd.cli import run_main
 from icsd.config import ConfigError, load_config
 from icsd.trainer import resolve_resume, run_evaluation, run_training
@@ -34,7 +35,9 @@ def main(argv=None) -> int:
 
     def body(env):
         if args.eval:
-            run_evaluation(cfg, env, resolve_resume(args.resume, cfg.run_dir), cfg.eval.splits)
+            checkpoint = resolve_resume(args.resume, cfg.run_dir)
+            weights = load_checkpoint(checkpoint)["model"] if checkpoint else None
+            run_evaluation(cfg, env, weights, cfg.eval.splits)
         else:
             run_training(cfg, env, args.resume)
 

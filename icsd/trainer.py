@@ -18,7 +18,7 @@ from icsd.data.annotations import Split
 from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features, needs_teacher_features
 from icsd.distributed import DistEnv, all_gather_objects
 from icsd.engine import evaluate_split, train_one_epoch, unwrap
-from icsd.errors import CheckpointError
+from icsd.errors import CheckpointError, ConfigError
 from icsd.models import ICSDModel, build_model
 from icsd.optim import build_optimizer, build_scheduler
 
@@ -86,6 +86,17 @@ def build_model_for(cfg: Config, env: DistEnv, from_checkpoint: bool):
     return model.to(env.device), backbone
 
 
+def build_train_loader(pairs, cfg: Config, env: DistEnv) -> tuple[DistributedSampler, DataLoader]:
+    """Shuffled by (seed, epoch) through a DistributedSampler in every case, so the data order is the same
+    after a resume; full batches only (the gathered loss needs equal batches on every rank)."""
+    sampler = DistributedSampler(pairs, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    loader = DataLoader(pairs, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.data.num_workers, pin_memory=env.device.type == "cuda",
+                        persistent_workers=cfg.data.num_workers > 0)
+    return sampler, loader
+
+
 @dataclass
 class TrainingResult:
     model: ICSDModel  # the trained model (unwrapped), on its device
@@ -101,21 +112,17 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> Tra
     # Data first: bad input stops the run before any model is built or weights are downloaded.
     train_split = load_data_split(cfg.data, cfg.data.train_split)
     teacher = load_teacher_features(cfg.data, train_split, env) if needs_teacher_features(cfg) else None
-    eval_names = [n for n in cfg.eval.splits]
     eval_splits = {n: (train_split if n == cfg.data.train_split else load_data_split(cfg.data, n))
-                   for n in eval_names}
+                   for n in cfg.eval.splits}
 
     model, backbone = build_model_for(cfg, env, from_checkpoint=resume_path is not None)
     pairs = build_train_pairs(cfg, train_split, teacher, backbone.transform, backbone.tokenizer)
-    sampler = DistributedSampler(pairs, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=True)
-    loader = DataLoader(pairs, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.num_workers, pin_memory=env.device.type == "cuda",
-                        persistent_workers=cfg.data.num_workers > 0)
+    sampler, loader = build_train_loader(pairs, cfg, env)
     updates_per_epoch = len(loader) // cfg.train.accum_steps
     if updates_per_epoch == 0:
-        raise ValueError(f"the train split has {len(pairs)} captions: too few for batch_size "
-                         f"{cfg.train.batch_size} x {env.world_size} processes x accum_steps {cfg.train.accum_steps}")
+        raise ConfigError(f"the train split has {len(pairs)} captions: too few for train.batch_size "
+                          f"{cfg.train.batch_size} x {env.world_size} processes x train.accum_steps "
+                          f"{cfg.train.accum_steps}")
 
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, updates_per_epoch)
@@ -125,12 +132,10 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> Tra
     start_epoch, num_updates, best = 0, 0, {"score": float("-inf"), "epoch": None}
     if resume_path is not None:
         state = load_checkpoint(resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        for part, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            obj.load_state_dict(state[part])
         start_epoch, num_updates, best = state["epoch"], state["num_updates"], state["best"]
-        rngs = state["rng"]
+        rngs = state["rng"]  # one per rank; a run resumed on another number of processes takes rank 0's
         set_rng_state(rngs[env.rank] if len(rngs) == env.world_size else rngs[0])
         log0(env, f"resumed from {resume_path} at epoch {start_epoch}")
 
@@ -192,12 +197,13 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> Tra
     return TrainingResult(model, record)
 
 
-def run_evaluation(cfg: Config, env: DistEnv, checkpoint: Optional[str], splits) -> dict[str, dict[str, float]]:
-    """Evaluate a checkpoint (or the configured weights when ``checkpoint`` is None) on ``splits``."""
+def run_evaluation(cfg: Config, env: DistEnv, weights: Optional[dict], splits) -> dict[str, dict[str, float]]:
+    """Evaluate the model with ``weights`` (a checkpoint's ``model`` state; None: the configured
+    pretrained weights) on ``splits``, print the table and return the metrics by split."""
     eval_splits = load_eval_splits(cfg, splits)
-    model, backbone = build_model_for(cfg, env, from_checkpoint=checkpoint is not None)
-    if checkpoint is not None:
-        model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    model, backbone = build_model_for(cfg, env, from_checkpoint=weights is not None)
+    if weights is not None:
+        model.load_state_dict(weights)
     results = EvalSplits(eval_splits, backbone.transform, backbone.tokenizer).evaluate(model, cfg, env)
     log0(env, format_table(results))
     return results
