@@ -10,16 +10,16 @@ from icsd.errors import ICSDError
 
 
 def run_main(body: Callable[[DistEnv], object], device: str = "auto") -> int:
-    """Set up the process group, run ``body(env)``, tear down. A user error (ICSDError) prints one line,
-    on rank 0 only since every rank meets it alike, and exits 1; any other error propagates, and
-    torchrun stops the other ranks."""
+    """Set up the process group, run ``body(env)``, tear down. A user error (ICSDError) prints one line
+    and exits 1: on rank 0 when every rank meets it alike, else on the rank that met it (torchrun then
+    stops the others). Any other error propagates with its traceback."""
     env = DistEnv()
     try:
         env = init_distributed(device)
         body(env)
         return 0
     except ICSDError as exc:
-        if env.is_main or int(os.environ.get("RANK", "0")) == 0:
+        if not exc.all_ranks or env.is_main or int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

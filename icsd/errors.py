@@ -2,7 +2,13 @@
 
 
 class ICSDError(Exception):
-    """Base class for errors caused by the user's input (config, data, checkpoints)."""
+    """Base class for errors caused by the user's input (config, data, checkpoints).
+
+    ``all_ranks``: every process meets the error alike (it comes from validating shared input), so only
+    rank 0 prints it. Errors met by one rank alone (a corrupt image in its shard) set it to False.
+    """
+
+    all_ranks = True
 
 
 class ConfigError(ICSDError):
@@ -11,6 +17,12 @@ class ConfigError(ICSDError):
 
 class DataError(ICSDError):
     """Missing or malformed annotations, images or teacher features."""
+
+
+class ImageReadError(DataError):
+    """An image that cannot be decoded, met by the rank whose shard holds it."""
+
+    all_ranks = False
 
 
 class CheckpointError(ICSDError):

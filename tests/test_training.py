@@ -135,3 +135,18 @@ def test_paper_config_fails_fast_without_data(repo, capsys, monkeypatch):
     assert "data.root not found: datasets/coco" in capsys.readouterr().err
     assert retrieval.main(["--config", "configs/vitb32/coco/icsd.yaml", "--opts", "train.epohcs=1"]) == 1
     assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+def test_unreadable_image_stops_with_its_path(tmp_path, capsys):
+    import shutil
+
+    from conftest import EXAMPLE_DATA
+
+    root = tmp_path / "data"
+    shutil.copytree(EXAMPLE_DATA, root, ignore=shutil.ignore_patterns("pics"))
+    (root / "pics").mkdir()
+    for name in os.listdir(os.path.join(EXAMPLE_DATA, "pics")):
+        (root / "pics" / name).write_bytes(b"not a jpeg")
+    code, _ = run(tmp_path, "corrupt", f"data.root={root}")
+    assert code == 1
+    assert f"error: cannot read image {root}/pics/COCO_" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from icsd.data.annotations import Split
 from icsd.data.features import ImageFeatures
-from icsd.errors import DataError
+from icsd.errors import ImageReadError
 
 
 def load_image(path: str) -> Image.Image:
@@ -18,7 +18,7 @@ def load_image(path: str) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+        raise ImageReadError(f"cannot read image {path}: {exc}") from None
 
 
 class TrainPairs(Dataset):
