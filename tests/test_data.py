@@ -12,7 +12,8 @@ from icsd.data.annotations import load_split
 from icsd.data.build import load_data_split, load_teacher_features
 from icsd.data.captions import caption_fingerprint, preprocess_caption
 from icsd.data.datasets import EvalTexts, TrainPairs
-from icsd.data.features import load_image_features, load_text_features, save_feature_matrix
+from icsd.data.features import load_image_features, load_text_features
+from icsd.features.writer import write_feature_matrix
 from icsd.distributed import DistEnv
 from icsd.errors import DataError
 
@@ -123,7 +124,7 @@ def make_features(tmp_path, ids, dim=6, seed=0):
     np.save(released, {i: vectors[k][None, :] if k % 2 else vectors[k] for k, i in enumerate(ids)})
     matrix = str(tmp_path / "matrix.npy")
     order = rng.permutation(len(ids))  # rows in another order than the dict
-    save_feature_matrix(matrix, vectors[order], {"ids": [ids[k] for k in order], "model": "random"})
+    write_feature_matrix(matrix, vectors[order], {"ids": [ids[k] for k in order], "model": "random"})
     return vectors, released, matrix
 
 
@@ -182,7 +183,7 @@ def test_matrix_without_sidecar_is_refused(tmp_path):
 def test_text_cache_checks_captions_and_teacher(tmp_path):
     captions = ["a dog", "a cat", "two birds"]
     path = str(tmp_path / "t.npy")
-    save_feature_matrix(path, np.eye(3, 4), {"model": "teacher-a", "fingerprint": caption_fingerprint(captions)})
+    write_feature_matrix(path, np.eye(3, 4), {"model": "teacher-a", "fingerprint": caption_fingerprint(captions)})
     got = load_text_features(path, caption_fingerprint(captions), 3, "teacher-a")
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.eye(3, 4))
     assert load_text_features(path, caption_fingerprint(captions), 3, None).shape == (3, 4)

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from icsd.checkpoint import load_checkpoint, save_checkpoint

@@ -154,12 +154,3 @@ def load_text_features(path: str, fingerprint: str, num_records: int, teacher: O
     if matrix.ndim != 2 or matrix.shape[0] != num_records:
         raise DataError(f"{path}: expected [{num_records}, D] text features, got shape {matrix.shape}")
     return matrix
-
-
-def save_feature_matrix(path: str, matrix: np.ndarray, meta: dict) -> None:
-    """Write ``matrix`` as float16 ``.npy`` plus its sidecar, atomically (temp files, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npy"
-    np.save(tmp, np.ascontiguousarray(matrix, dtype=np.float16))
-    os.replace(tmp, path)
-    write_meta(path, {**meta, "dim": int(matrix.shape[1]), "rows": int(matrix.shape[0]), "dtype": "float16"})
