@@ -12,7 +12,7 @@ from icsd.data.annotations import load_split
 from icsd.data.build import load_data_split, load_teacher_features
 from icsd.data.captions import caption_fingerprint, preprocess_caption
 from icsd.data.datasets import EvalTexts, TrainPairs
-from icsd.data.features import load_image_features, load_text_features
+from icsd.data.features import MatrixRows, load_image_features, load_text_features
 from icsd.features.writer import write_feature_matrix
 from icsd.distributed import DistEnv
 from icsd.errors import DataError
@@ -133,7 +133,7 @@ def test_both_image_feature_layouts_load_and_agree(tmp_path):
     vectors, released, matrix = make_features(tmp_path, ids)
     a, b = load_image_features(released), load_image_features(matrix)
     assert a.dim == b.dim == 6
-    assert isinstance(b._rows, np.memmap)
+    assert isinstance(b._rows, MatrixRows)
     query = ["img4", "img0", "img8"]
     for layout in (a, b):
         rows = layout.rows_for(query)
@@ -185,7 +185,7 @@ def test_text_cache_checks_captions_and_teacher(tmp_path):
     path = str(tmp_path / "t.npy")
     write_feature_matrix(path, np.eye(3, 4), {"model": "teacher-a", "fingerprint": caption_fingerprint(captions)})
     got = load_text_features(path, caption_fingerprint(captions), 3, "teacher-a")
-    np.testing.assert_array_equal(np.asarray(got, np.float32), np.eye(3, 4))
+    np.testing.assert_array_equal(np.asarray(got.array(), np.float32), np.eye(3, 4))
     assert load_text_features(path, caption_fingerprint(captions), 3, None).shape == (3, 4)
     with pytest.raises(DataError, match=rf"stale text feature cache {path}: it was built from other captions"):
         load_text_features(path, caption_fingerprint(captions[::-1]), 3, "teacher-a")
@@ -224,7 +224,7 @@ def test_text_cache_is_built_once_when_missing(tmp_path, example_cfg, minilm_pat
     teacher = load_teacher_features(data, split, DistEnv())
     assert teacher.text.shape == (100, 384)
     committed = np.load(os.path.join(EXAMPLE_DATA, "val_minilm.npy"))
-    np.testing.assert_allclose(np.asarray(teacher.text, np.float32), committed.astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(np.asarray(teacher.text.array(), np.float32), committed.astype(np.float32), atol=2e-3)
     stale = dataclasses.replace(data, text_teacher="another-teacher")
     with pytest.raises(DataError, match="stale text feature cache"):
         load_teacher_features(stale, split, DistEnv())

@@ -271,7 +271,7 @@ def test_text_extraction_cli_matches_the_committed_cache(tmp_path, val_split, mi
     cache = load_text_features(path, caption_fingerprint(val_split.captions), 100, TEACHER)
     # committed: all-MiniLM-L6-v2 over the whole list at once, by the earlier (non-resumable) implementation
     committed = np.load(os.path.join(EXAMPLE_DATA, "val_minilm.npy")).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(cache, np.float32), committed, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(cache.array(), np.float32), committed, atol=2e-3)
     with pytest.raises(DataError, match="stale text feature cache"):
         load_text_features(path, caption_fingerprint(val_split.captions[::-1]), 100, TEACHER)
 

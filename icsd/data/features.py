@@ -4,7 +4,7 @@ Image teacher ("unicom"), two layouts:
 
 1. the released layout: a pickled dict ``{image_id: array (1, D) or (D,)}`` saved with ``np.save``;
 2. the project's layout: a float16 matrix ``[N, D]`` in a ``.npy`` file opened with ``mmap_mode="r"``
-   (never read whole), plus a sidecar ``<file>.meta.json`` whose ``ids`` list the image_id of every row.
+   (never read whole; rows are read on demand, see ``MatrixRows``), plus a sidecar ``<file>.meta.json`` whose ``ids`` list the image_id of every row.
 
 Text teacher: a float16 matrix ``[num_records, D]`` with a sidecar holding the teacher's name and the
 fingerprint of the preprocessed captions it encoded; a cache built from other captions or by another
@@ -57,6 +57,52 @@ def _npy_is_pickled(path: str) -> bool:
     return header[2].hasobject
 
 
+class MatrixRows:
+    """The rows of an ``[N, D]`` ``.npy`` matrix, read one at a time.
+
+    The file is opened with ``np.load(mmap_mode="r")`` (header, shape and dtype; ``array()`` gives the
+    read-only memmap for whole-matrix work). A row is read with ``os.pread`` of exactly its bytes, so the
+    rows a DataLoader touches never stay mapped in the process: its RSS stays flat over a file of any size
+    (the kernel keeps them in its page cache, which it reclaims as needed). Each process (every DataLoader
+    worker) opens its own descriptor.
+    """
+
+    def __init__(self, path: str):
+        header = np.load(path, mmap_mode="r")
+        self.path, self.shape, self.dtype = path, header.shape, header.dtype
+        self._offset = header.offset
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd: Optional[int] = None
+        self._pid: Optional[int] = None
+        del header
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        row = int(row)
+        if not 0 <= row < self.shape[0]:
+            raise IndexError(f"row {row} out of range for {self.path} with {self.shape[0]} rows")
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        data = os.pread(self._fd, self._row_bytes, self._offset + row * self._row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
+
+    def array(self) -> np.memmap:
+        return np.load(self.path, mmap_mode="r")
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None, "_pid": None}  # a descriptor does not cross processes
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+
 class ImageFeatures:
     """An image teacher's features: ``ids[row]`` and ``vector(row)`` (float32, flattened), any layout."""
 
@@ -64,7 +110,7 @@ class ImageFeatures:
         self.path = path
         self.ids = list(ids)
         self.dim = dim
-        self._rows = rows  # an [N, D] array (mmap) or a list of arrays of D elements each
+        self._rows = rows  # MatrixRows (the mmap layout) or a list of arrays of D elements each
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -109,7 +155,7 @@ def _load_pickled_dict(path: str) -> ImageFeatures:
 
 
 def _load_matrix(path: str, meta: dict) -> ImageFeatures:
-    matrix = np.load(path, mmap_mode="r")
+    matrix = MatrixRows(path)
     if matrix.ndim != 2:
         raise DataError(f"{path}: expected a 2-D feature matrix [N, D], got shape {matrix.shape}")
     ids = meta.get("ids")
@@ -133,8 +179,8 @@ def load_image_features(path: str) -> ImageFeatures:
     return _load_matrix(path, meta)
 
 
-def load_text_features(path: str, fingerprint: str, num_records: int, teacher: Optional[str]) -> np.ndarray:
-    """Open a text-feature cache as a read-only memmap after checking it matches the captions.
+def load_text_features(path: str, fingerprint: str, num_records: int, teacher: Optional[str]) -> MatrixRows:
+    """Open a text-feature cache (rows read on demand) after checking it matches the captions.
 
     ``teacher`` None accepts a cache from any teacher (only the captions are checked).
     """
@@ -150,7 +196,7 @@ def load_text_features(path: str, fingerprint: str, num_records: int, teacher: O
     if stale:
         raise DataError(f"stale text feature cache {path}: {'; '.join(stale)}. Delete it to rebuild it, "
                         f"or set data.text_features to another file")
-    matrix = np.load(path, mmap_mode="r")
+    matrix = MatrixRows(path)
     if matrix.ndim != 2 or matrix.shape[0] != num_records:
         raise DataError(f"{path}: expected [{num_records}, D] text features, got shape {matrix.shape}")
     return matrix
