@@ -22,6 +22,7 @@ $(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
 	touch $@
 
 demo: $(VENV)/.runtime
+	rm -rf output/example/icsd_seed42  # the demo starts afresh each time
 	$(BIN)/python retrieval.py --config configs/example/icsd.yaml
 
 test: $(VENV)/.test

@@ -9,10 +9,10 @@ import json
 import sys
 
 from icsd.checkpoint import load_checkpoint
-from icsd.cli import run_main
+from icsd.cli import report_error, run_main
 from icsd.config import apply_overrides, config_from_dict, load_config
 from icsd.errors import ICSDError
-from icsd.trainer import run_evaluation
+from icsd.evaluate import run_evaluation
 
 
 def parse_args(argv):
@@ -36,16 +36,16 @@ def main(argv=None) -> int:
         else:
             raise ICSDError(f"{args.checkpoint} holds no config: pass --config")
     except ICSDError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_error(exc)
         return 1
 
     def body(env):
-        results = run_evaluation(cfg, env, state["model"], args.split)
+        results = run_evaluation(cfg, env, state["model"], args.split, source=args.checkpoint)
         if args.out and env.is_main:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=2)
 
-    return run_main(body, cfg.train.device)
+    return run_main(body, cfg.train.device, cfg.train.dist_timeout_minutes)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ import argparse
 import sys
 
 from icsd.checkpoint import load_checkpoint
-from icsd.cli import run_main
-from icsd.config import ConfigError, load_config
-from icsd.trainer import resolve_resume, run_evaluation, run_training
+from icsd.cli import report_error, run_main
+from icsd.config import load_config
+from icsd.errors import CheckpointError, ICSDError
+from icsd.evaluate import run_evaluation
+from icsd.trainer import resolve_resume, run_training
 
 
 def parse_args(argv):
@@ -29,19 +31,21 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.opts + ([f"seed={args.seed}"] if args.seed is not None else []))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ICSDError as exc:
+        report_error(exc)
         return 1
 
     def body(env):
         if args.eval:
             checkpoint = resolve_resume(args.resume, cfg.run_dir)
+            if args.resume is not None and checkpoint is None:
+                raise CheckpointError(f"--eval --resume auto: no {cfg.run_dir}/checkpoint_last.pth to evaluate")
             weights = load_checkpoint(checkpoint)["model"] if checkpoint else None
-            run_evaluation(cfg, env, weights, cfg.eval.splits)
+            run_evaluation(cfg, env, weights, cfg.eval.splits, source=checkpoint or "")
         else:
             run_training(cfg, env, args.resume)
 
-    return run_main(body, cfg.train.device)
+    return run_main(body, cfg.train.device, cfg.train.dist_timeout_minutes)
 
 
 if __name__ == "__main__":

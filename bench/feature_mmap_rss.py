@@ -184,7 +184,7 @@ def main(argv=None) -> int:
         for n, batch in enumerate(loader):
             if n == args.batches:
                 break
-            assert batch["ext_img"].shape == (args.batch_size, args.dim) and batch["ext_img"].dtype == torch.float32
+            assert batch["ext_img"].shape == (args.batch_size, args.dim) and batch["ext_img"].dtype == torch.float16
             checksum += float(batch["ext_img"][:, 0].sum()) + float(batch["ext_txt"][:, 0].sum())
             seen.update(int(i) for i in batch["image_index"])
             now = memory()

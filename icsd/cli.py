@@ -9,18 +9,30 @@ from icsd.distributed import DistEnv, init_distributed, shutdown
 from icsd.errors import ICSDError
 
 
-def run_main(body: Callable[[DistEnv], object], device: str = "auto") -> int:
-    """Set up the process group, run ``body(env)``, tear down. A user error (ICSDError) prints one line
-    and exits 1: on rank 0 when every rank meets it alike, else on the rank that met it (torchrun then
-    stops the others). Any other error propagates with its traceback."""
-    env = DistEnv()
+def user_message(exc: ICSDError) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose message carries the worker's
+    traceback), its last line without the exception's class name."""
+    message = str(exc).strip()
+    if "Original Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
+def report_error(exc: ICSDError) -> None:
+    """Print a user error as one line: on rank 0 when every rank meets it alike (so it shows once under
+    torchrun), else on the rank that met it."""
+    if not exc.all_ranks or int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {user_message(exc)}", file=sys.stderr, flush=True)
+
+
+def run_main(body: Callable[[DistEnv], object], device: str = "auto", timeout_minutes: float = 30.0) -> int:
+    """Set up the process group, run ``body(env)``, tear down. A user error (ICSDError) is reported and
+    exits 1 (torchrun then stops the other ranks); any other error propagates with its traceback."""
     try:
-        env = init_distributed(device)
-        body(env)
+        body(init_distributed(device, timeout_minutes))
         return 0
     except ICSDError as exc:
-        if not exc.all_ranks or env.is_main or int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+        report_error(exc)
         return 1
     finally:
         shutdown()

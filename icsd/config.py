@@ -99,7 +99,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "cosine"
+    name: Literal["cosine", "tanh", "poly"] = "cosine"
     min_lr: float = 1.0e-6
     warmup_epochs: int = 0
     warmup_lr: float = 1.0e-5
@@ -119,16 +119,20 @@ class TrainConfig:
     log_every: int = 20
     save_every: int = 0  # also keep checkpoint_epoch{N}.pth every N epochs; 0 = only best and last
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    dist_timeout_minutes: float = 30.0  # collectives' timeout (rank 0 may build the text cache meanwhile)
 
 
 @dataclass
 class EvalConfig:
     splits: List[str] = field(default_factory=lambda: ["val", "test"])
     select_on: str = "val"
-    select_metric: str = "r_mean"
+    select_metric: Literal["r_mean", "rsum", "txt_r_mean", "img_r_mean", "txt_r1", "txt_r5", "txt_r10",
+                           "img_r1", "img_r5", "img_r10"] = "r_mean"
     image_batch_size: int = 128
     text_batch_size: int = 256
     eval_before_training: bool = False
+    fold_size: int = 1000  # COCO 1K test: the mean over folds of fold_size consecutive images ...
+    folds_when_images: Optional[int] = 5000  # ... reported (as 1k_*) for a split of this many images
 
 
 @dataclass
@@ -194,6 +198,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected int, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, got {value!r}")
         return float(value)
@@ -249,6 +258,13 @@ def _check_ranges(cfg: Config, source: str) -> None:
     need(cfg.data.max_words >= 1, "data.max_words must be >= 1")
     need(not cfg.eval.splits or cfg.eval.select_on in cfg.eval.splits,
          f"eval.select_on '{cfg.eval.select_on}' must be one of eval.splits {cfg.eval.splits}")
+    need(cfg.eval.fold_size >= 1, "eval.fold_size must be >= 1")
+    need(cfg.train.dist_timeout_minutes > 0, "train.dist_timeout_minutes must be > 0")
+    from timm.optim import list_optimizers
+
+    need(cfg.train.optimizer.name in list_optimizers(),
+         f"train.optimizer.name '{cfg.train.optimizer.name}' is not a timm optimizer "
+         f"(closest: {difflib.get_close_matches(cfg.train.optimizer.name, list_optimizers(), n=3)})")
     for key in ("annotation", "image_features", "text_features"):
         pattern = getattr(cfg.data, key)
         need("{split}" in pattern, f"data.{key} '{pattern}' must contain '{{split}}'")

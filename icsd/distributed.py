@@ -35,7 +35,7 @@ def select_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device_preference: str = "auto") -> DistEnv:
+def init_distributed(device_preference: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
     """Join the process group torchrun describes (NCCL on GPU, gloo on CPU), or run alone."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -45,7 +45,7 @@ def init_distributed(device_preference: str = "auto") -> DistEnv:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
     return DistEnv(rank, world_size, local_rank, device)
 
 

@@ -1,38 +1,27 @@
-"""One training epoch, and the evaluation of a split (encode in fixed batches, then Recall@K)."""
+"""One training epoch: forward, (gathered) loss terms, backward, optimizer step, temperature clamping."""
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from icsd.amp import autocast
 from icsd.config import Config
-from icsd.data.annotations import Split
-from icsd.data.datasets import EvalImages, EvalTexts
-from icsd.distributed import DistEnv, all_gather_no_grad, all_gather_objects, all_gather_with_grad, all_reduce_sum
+from icsd.distributed import DistEnv, all_gather_no_grad, all_gather_with_grad, all_reduce_sum
 from icsd.errors import TrainingError
 from icsd.losses import icsd_loss
-from icsd.metrics import fold_metrics, recall_metrics
 
 FEATURE_KEYS = ("x_img", "x_txt", "f_img", "f_txt")
-COCO_5K_IMAGES = 5000
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "amp_bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def gather_for_loss(out: dict, batch: dict) -> tuple[dict, dict]:
@@ -105,44 +94,3 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, sc
     stats["seconds_training"] = seconds
     stats["samples_per_second"] = steps * t.batch_size * env.world_size / seconds
     return stats, num_updates
-
-
-# ----------------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def _encode_batches(encode: Callable, dataset, batch_size: int, env: DistEnv, num_workers: int,
-                    precision: str) -> torch.Tensor:
-    """Encode ``dataset`` in consecutive fixed batches; batch k runs on rank k % world_size, so every
-    batch (and so every PDM mix) is the same as in a single process. Returns all rows, in order."""
-    num_batches = math.ceil(len(dataset) / batch_size)
-    mine = list(range(env.rank, num_batches, env.world_size))
-    sampler = [list(range(k * batch_size, min((k + 1) * batch_size, len(dataset)))) for k in mine]
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
-    encoded = {}
-    for k, batch in zip(mine, loader):
-        with autocast(precision, env.device):
-            encoded[k] = encode(batch.to(env.device, non_blocking=True))[1].float().cpu()
-    if env.distributed:
-        for part in all_gather_objects(encoded):
-            encoded.update(part)
-    return torch.cat([encoded[k] for k in range(num_batches)])
-
-
-@torch.no_grad()
-def evaluate_split(model: nn.Module, split: Split, transform: Callable, tokenizer: Callable, cfg: Config,
-                   env: DistEnv) -> dict[str, float]:
-    """Recall@K of ``split``; for a 5,000-image split also the COCO 1K five-fold metrics (``1k_*``)."""
-    model = unwrap(model)
-    model.eval()
-    workers = cfg.data.num_workers
-    texts = EvalTexts(split, tokenizer)
-    f_img = _encode_batches(model.encode_image, EvalImages(split, transform), cfg.eval.image_batch_size, env,
-                            workers, cfg.train.precision)
-    f_txt = _encode_batches(model.encode_text, texts, cfg.eval.text_batch_size, env, workers,
-                            cfg.train.precision)
-    sim = f_img @ f_txt.t()
-    metrics = recall_metrics(sim, texts.txt2img)
-    if split.num_images == COCO_5K_IMAGES:
-        metrics.update({f"1k_{k}": v for k, v in fold_metrics(sim, texts.txt2img, 1000).items()})
-    return metrics

@@ -118,3 +118,16 @@ def test_paper_configs_have_the_reference_settings(repo):
         assert cfg.model.pretrained == "openai" and cfg.loss.gather_features is False
         assert cfg.eval.text_batch_size == 256 and cfg.train.optimizer.lr == 1e-5
         assert cfg.train.scheduler.warmup_epochs == 0 and cfg.train.scheduler.min_lr == 1e-6
+
+
+def test_exponent_floats_and_named_choices(tmp_path):
+    cfg = load_config(write(tmp_path, "train: {optimizer: {lr: 1e-5}}\n"), ["train.scheduler.min_lr=2e-7"])
+    assert cfg.train.optimizer.lr == 1e-5 and cfg.train.scheduler.min_lr == 2e-7
+    with pytest.raises(ConfigError, match=r"key 'train.optimizer.lr': expected float, got 'fast'"):
+        load_config(None, ["train.optimizer.lr=fast"])
+    with pytest.raises(ConfigError, match=r"'adamww' is not a timm optimizer \(closest: \['adamw'"):
+        load_config(None, ["train.optimizer.name=adamww"])
+    with pytest.raises(ConfigError, match=r"key 'eval.select_metric': expected one of 'r_mean'"):
+        load_config(None, ["eval.select_metric=rmean"])
+    with pytest.raises(ConfigError, match=r"key 'train.scheduler.name': expected one of 'cosine'"):
+        load_config(None, ["train.scheduler.name=cosin"])

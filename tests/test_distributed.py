@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from icsd.checkpoint import load_checkpoint, save_checkpoint
@@ -97,9 +98,12 @@ def test_two_process_training_and_resume(tmp_path):
         assert torch.equal(tensor, resumed[name]), name
 
 
-def test_user_error_under_torchrun_is_printed_once(tmp_path):
+@pytest.mark.parametrize("opt, message", [("data.root={tmp}/missing", "error: data.root not found: {tmp}/missing"),
+                                          ("train.epohcs=1", "error: {config} (with --opts")])
+def test_user_error_under_torchrun_is_printed_once(tmp_path, opt, message):
+    """Met alike by both ranks, inside the run (data) or before it (config): printed by rank 0 alone."""
     proc = launch(["retrieval.py", "--config", EXAMPLE_CONFIG, "--opts",
-                   *tiny_overrides(f"data.root={tmp_path}/missing")], 2)
+                   *tiny_overrides(f"output_dir={tmp_path}/run", opt.format(tmp=tmp_path))], 2)
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
-    assert output.count(f"error: data.root not found: {tmp_path}/missing") == 1, output
+    assert output.count(message.format(tmp=tmp_path, config=EXAMPLE_CONFIG)) == 1, output

@@ -91,7 +91,7 @@ def test_evaluation_reproduces_logged_val_metrics(tmp_path):
 @pytest.mark.parametrize("val, test, best_epoch", [((10, 20), (50, 5), 2), ((30, 20), (5, 50), 1)])
 def test_best_checkpoint_is_selected_on_val_not_test(tmp_path, monkeypatch, val, test, best_epoch):
     scripted = iter([{"val": {"r_mean": v}, "test": {"r_mean": t}} for v, t in zip(val, test)])
-    monkeypatch.setattr(trainer.EvalSplits, "evaluate", lambda self, model, cfg, env: next(scripted))
+    monkeypatch.setattr(trainer.Evaluator, "evaluate", lambda self, model, cfg, env: next(scripted))
     monkeypatch.setattr(trainer, "format_table", lambda results: "")
     code, run_dir = run(tmp_path, "select", "eval.eval_before_training=false")
     assert code == 0
@@ -137,7 +137,8 @@ def test_paper_config_fails_fast_without_data(repo, capsys, monkeypatch):
     assert "did you mean 'epochs'" in capsys.readouterr().err
 
 
-def test_unreadable_image_stops_with_its_path(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_image_stops_with_its_path(tmp_path, capsys, workers):
     import shutil
 
     from conftest import EXAMPLE_DATA
@@ -147,6 +148,32 @@ def test_unreadable_image_stops_with_its_path(tmp_path, capsys):
     (root / "pics").mkdir()
     for name in os.listdir(os.path.join(EXAMPLE_DATA, "pics")):
         (root / "pics" / name).write_bytes(b"not a jpeg")
-    code, _ = run(tmp_path, "corrupt", f"data.root={root}")
+    code, _ = run(tmp_path, "corrupt", f"data.root={root}", f"data.num_workers={workers}")
     assert code == 1
-    assert f"error: cannot read image {root}/pics/COCO_" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: cannot read image {root}/pics/COCO_" in err and "Traceback" not in err
+
+
+def test_run_folder_is_never_overwritten_and_resume_rewrites_later_epochs(tmp_path, capsys):
+    code, run_dir = run(tmp_path, "twice", "train.save_every=1", "eval.splits=[val]")
+    assert code == 0
+    code, _ = run(tmp_path, "twice", "eval.splits=[val]")
+    assert code == 1 and "already holds a run (checkpoint_last.pth): continue it with --resume auto" in \
+        capsys.readouterr().err
+    before = without_timing(read_log(run_dir))
+    code, _ = run(tmp_path, "twice", "eval.splits=[val]", resume=os.path.join(run_dir, "checkpoint_epoch1.pth"))
+    assert code == 0
+    after = without_timing(read_log(run_dir))
+    assert [r["epoch"] for r in after] == [0, 1, 2] and after == before  # epoch 2 redone, not appended
+
+
+def test_eval_needs_a_checkpoint_that_fits(tmp_path, capsys):
+    code, run_dir = run(tmp_path, "fit", "train.epochs=1", "eval.splits=[val]")
+    assert code == 0
+    argv = ["--config", EXAMPLE_CONFIG, "--eval", "--opts", *tiny_overrides(f"output_dir={tmp_path}/none")]
+    assert retrieval.main(argv + ["--resume", "auto"]) == 1
+    assert f"--eval --resume auto: no {tmp_path}/none_seed42/checkpoint_last.pth" in capsys.readouterr().err
+    last = os.path.join(run_dir, "checkpoint_last.pth")
+    assert evaluation.main(["--checkpoint", last, "--split", "val", "--opts", "model.pdm.enabled=false"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {last} does not fit the configured model (missing ['image_head.0.bias'" in err

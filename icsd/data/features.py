@@ -104,7 +104,7 @@ class MatrixRows:
 
 
 class ImageFeatures:
-    """An image teacher's features: ``ids[row]`` and ``vector(row)`` (float32, flattened), any layout."""
+    """An image teacher's features: ``ids[row]`` and ``vector(row)`` (flattened, as stored), any layout."""
 
     def __init__(self, path: str, ids: Sequence[str], dim: int, rows):
         self.path = path
@@ -116,7 +116,7 @@ class ImageFeatures:
         return len(self.ids)
 
     def vector(self, row: int) -> np.ndarray:
-        return np.asarray(self._rows[row], dtype=np.float32).reshape(-1)
+        return np.asarray(self._rows[row]).reshape(-1)
 
     def rows_for(self, image_ids: Sequence[str]) -> np.ndarray:
         """Row of each image_id; a DataError names the file and the first image_id with no feature."""

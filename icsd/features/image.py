@@ -3,28 +3,19 @@ batched and resumably, into the project's layout (float16 ``[N, D]`` + sidecar w
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from icsd.amp import PRECISIONS, autocast
 from icsd.data.annotations import Split
 from icsd.data.datasets import EvalImages, load_image
 from icsd.errors import ConfigError, DataError
 from icsd.features.image_encoders import ImageEncoder
 from icsd.features.loop import run_extraction
 from icsd.features.writer import FeatureWriter, is_complete
-
-PRECISIONS = {"fp32": None, "amp_fp16": torch.float16, "amp_bf16": torch.bfloat16}
-
-
-def _autocast(device: torch.device, precision: str):
-    if PRECISIONS[precision] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
-
 
 def _device_of(encoder: ImageEncoder) -> torch.device:
     param = next(encoder.model.parameters(), None)
@@ -73,7 +64,7 @@ def extract_image_features(path: str, split: Split, encoder: ImageEncoder, batch
         loader = DataLoader(Subset(images, range(start, len(images))), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=device.type == "cuda")
         for batch in loader:
-            with _autocast(device, precision):
+            with autocast(precision, device):
                 features = encoder.encode(batch.to(device, non_blocking=True))
             yield features.cpu().numpy()  # outside the autocast context: a generator suspends here
 

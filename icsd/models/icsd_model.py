@@ -32,11 +32,11 @@ class ICSDModel(nn.Module):
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(internal feature ``x_img``, normalised head output ``f``) for a batch of images."""
         x = self.clip.encode_image(images)
-        return x, F.normalize(self.image_head(x), dim=-1)
+        return x, F.normalize(self.image_head(x).float(), dim=-1)  # normalised in fp32 under autocast too
 
     def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.clip.encode_text(tokens)
-        return x, F.normalize(self.text_head(x), dim=-1)
+        return x, F.normalize(self.text_head(x).float(), dim=-1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         x_img, f_img = self.encode_image(images)

@@ -19,8 +19,8 @@ from icsd.trainer import run_training  # noqa: E402
 def main(out_dir: str, opts: list[str], resume) -> None:
     cfg = load_config(EXAMPLE_CONFIG, tiny_overrides(*opts))
     env = init_distributed("cpu")
-    result = run_training(cfg, env, resume)
-    torch.save(result.model.state_dict(), os.path.join(out_dir, f"rank{env.rank}.pt"))
+    model = run_training(cfg, env, resume)
+    torch.save(model.state_dict(), os.path.join(out_dir, f"rank{env.rank}.pt"))
     shutdown()
 
 

@@ -1,0 +1,137 @@
+"""Evaluation: encode a split in fixed batches (sharded over ranks), then Recall@K (SPEC section 6).
+
+No training code path is involved: ``evaluation.py`` uses this module alone (with the model builder).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from icsd.amp import autocast
+from icsd.config import Config
+from icsd.data.annotations import Split
+from icsd.data.build import load_data_split
+from icsd.data.datasets import EvalImages, EvalTexts
+from icsd.distributed import DistEnv, all_gather_objects
+from icsd.errors import CheckpointError
+from icsd.metrics import fold_metrics, recall_metrics
+from icsd.models import ICSDModel, build_model
+
+METRIC_ORDER = ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "rsum")
+
+
+def log0(env: DistEnv, *args) -> None:
+    if env.is_main:
+        print(*args, flush=True)
+
+
+@torch.no_grad()
+def encode_in_batches(encode: Callable, dataset, batch_size: int, env: DistEnv, num_workers: int,
+                      precision: str) -> torch.Tensor:
+    """Encode ``dataset`` in consecutive fixed batches; batch k runs on rank k % world_size, so every
+    batch (and so every PDM mix) is the same as in a single process. Returns all rows in order, on CPU."""
+    num_batches = math.ceil(len(dataset) / batch_size)
+    mine = list(range(env.rank, num_batches, env.world_size))
+    batches = [list(range(k * batch_size, min((k + 1) * batch_size, len(dataset)))) for k in mine]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                        pin_memory=env.device.type == "cuda")
+    encoded = {}
+    for k, batch in zip(mine, loader):
+        with autocast(precision, env.device):
+            encoded[k] = encode(batch.to(env.device, non_blocking=True))[1].float().cpu()
+    if env.distributed:
+        for part in all_gather_objects(encoded):
+            encoded.update(part)
+    return torch.cat([encoded[k] for k in range(num_batches)])
+
+
+@torch.no_grad()
+def evaluate_split(model: ICSDModel, split: Split, transform: Callable, tokenizer: Callable, cfg: Config,
+                   env: DistEnv) -> dict[str, float]:
+    """Recall@K of ``split``; for a split of ``eval.folds_when_images`` images (COCO 5K test) also the mean
+    over folds of ``eval.fold_size`` images (COCO 1K test), as ``1k_*``."""
+    model.eval()
+    workers, precision = cfg.data.num_workers, cfg.train.precision
+    texts = EvalTexts(split, tokenizer)
+    f_img = encode_in_batches(model.encode_image, EvalImages(split, transform), cfg.eval.image_batch_size, env,
+                              workers, precision)
+    f_txt = encode_in_batches(model.encode_text, texts, cfg.eval.text_batch_size, env, workers, precision)
+    sim = f_img.to(env.device) @ f_txt.to(env.device).t()
+    txt2img = texts.txt2img.to(env.device)
+    metrics = recall_metrics(sim, txt2img)
+    if split.num_images == cfg.eval.folds_when_images:
+        prefix = "1k" if cfg.eval.fold_size == 1000 else f"fold{cfg.eval.fold_size}"
+        metrics.update({f"{prefix}_{k}": v for k, v in fold_metrics(sim, txt2img, cfg.eval.fold_size).items()})
+    return metrics
+
+
+@dataclass
+class Evaluator:
+    """The evaluated splits with what encoding them needs."""
+
+    splits: dict[str, Split]
+    transform: Callable
+    tokenizer: Callable
+
+    def evaluate(self, model: ICSDModel, cfg: Config, env: DistEnv) -> dict[str, dict[str, float]]:
+        return {name: evaluate_split(model, split, self.transform, self.tokenizer, cfg, env)
+                for name, split in self.splits.items()}
+
+
+def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{"val": {"r_mean": x}}`` -> ``{"val_r_mean": x}`` (the log's keys)."""
+    return {f"{split}_{k}": v for split, metrics in results.items() for k, v in metrics.items()}
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A readable Recall@K table, one row per split (and per fold result such as COCO 1K)."""
+    rows = []
+    for split, metrics in results.items():
+        rows.append((split, metrics))
+        for prefix in sorted(k[:-len("_rsum")] for k in metrics if k.endswith("_rsum")):  # fold results
+            rows.append((f"{split} ({prefix})", {k[len(prefix) + 1:]: v for k, v in metrics.items()
+                                                 if k.startswith(prefix + "_")}))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'split':<{width}} " + " ".join(f"{k:>8}" for k in METRIC_ORDER)]
+    for name, metrics in rows:
+        lines.append(f"{name:<{width}} " + " ".join(f"{metrics[k]:8.2f}" for k in METRIC_ORDER))
+    return "\n".join(lines)
+
+
+def load_model_weights(model: nn.Module, weights: dict, source: str) -> None:
+    """``load_state_dict`` with a CheckpointError naming the mismatching keys (e.g. PDM on vs off)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        missing = sorted(set(model.state_dict()) - set(weights))
+        unexpected = sorted(set(weights) - set(model.state_dict()))
+        raise CheckpointError(f"{source} does not fit the configured model (missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}{'' if missing or unexpected else f': {exc}'}); is the config "
+                              f"the one it was trained with?") from None
+
+
+def build_model_for(cfg: Config, env: DistEnv, weights: Optional[dict] = None, source: str = "checkpoint"):
+    """The model on its device, with ``weights`` when given (then no pretrained weights are downloaded)."""
+    if weights is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None))
+    model, backbone = build_model(cfg)
+    if weights is not None:
+        load_model_weights(model, weights, source)
+    return model.to(env.device), backbone
+
+
+def run_evaluation(cfg: Config, env: DistEnv, weights: Optional[dict], splits, source: str = "checkpoint"
+                   ) -> dict[str, dict[str, float]]:
+    """Evaluate the model with ``weights`` (a checkpoint's ``model`` state; None: the configured
+    pretrained weights) on ``splits``, print the table and return the metrics by split."""
+    eval_splits = {name: load_data_split(cfg.data, name) for name in splits}
+    model, backbone = build_model_for(cfg, env, weights, source)
+    results = Evaluator(eval_splits, backbone.transform, backbone.tokenizer).evaluate(model, cfg, env)
+    log0(env, format_table(results))
+    return results
