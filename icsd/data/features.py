@@ -129,14 +129,23 @@ class ImageFeatures:
         return rows
 
 
-def _load_pickled_dict(path: str) -> ImageFeatures:
+def read_pickled_dict(path: str) -> dict:
+    """The released dict ``{image_id: array}``, or a DataError naming the file."""
+    if not os.path.isfile(path):
+        raise DataError(f"feature file not found: {path}")
     try:
         data = np.load(path, allow_pickle=True)
-        data = data.item() if data.shape == () else None
+        data = data.item() if isinstance(data, np.ndarray) and data.shape == () else data
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise DataError(f"{path}: cannot read the pickled feature dict ({exc})") from None
+        raise DataError(f"{path}: cannot read a pickled feature dict ({exc})") from None
     if not isinstance(data, dict) or not data:
-        raise DataError(f"{path}: expected a non-empty pickled dict {{image_id: array}}")
+        raise DataError(f"{path}: expected a non-empty pickled dict {{image_id: array}}, "
+                        f"got {type(data).__name__}")
+    return data
+
+
+def _load_pickled_dict(path: str) -> ImageFeatures:
+    data = read_pickled_dict(path)
     ids, rows, dim = [], [], None
     for key, value in data.items():
         value = np.asarray(value)
