@@ -177,3 +177,18 @@ def test_eval_needs_a_checkpoint_that_fits(tmp_path, capsys):
     assert evaluation.main(["--checkpoint", last, "--split", "val", "--opts", "model.pdm.enabled=false"]) == 1
     err = capsys.readouterr().err
     assert f"error: {last} does not fit the configured model (missing ['image_head.0.bias'" in err
+
+
+@pytest.mark.parametrize("precision", ["amp_bf16", "amp_fp16"])
+def test_mixed_precision_with_clipping_and_accumulation(tmp_path, precision):
+    """The AMP paths (autocast on CPU; GradScaler for fp16) with gradient clipping and accumulation."""
+    code, run_dir = run(tmp_path, precision, f"train.precision={precision}", "train.grad_clip=1.0",
+                        "train.accum_steps=2", "train.batch_size=16", "train.epochs=1", "eval.splits=[val]",
+                        "eval.eval_before_training=false")
+    assert code == 0
+    (record,) = read_log(run_dir)
+    assert all(torch.isfinite(torch.tensor(record[k])) for k in ("loss", "loss_soft", "val_r_mean"))
+    state = load_checkpoint(os.path.join(run_dir, "checkpoint_last.pth"))
+    assert state["num_updates"] == 300 // 16 // 2  # one optimizer step per 2 micro-batches
+    assert state["scaler"] != {} if precision == "amp_fp16" else state["scaler"] == {}
+    assert 0.01 <= record["tau"] <= 0.10 and 0.10 <= record["tau_s"] <= 0.99
