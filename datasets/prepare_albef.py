@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from icsd.features.albef import albef_records  # noqa: E402
-from icsd.features.cli import run_cli  # noqa: E402
+from icsd.features.cli import add_split_output_arguments, run_cli  # noqa: E402
 from icsd.features.split_writer import write_splits  # noqa: E402
 
 
@@ -26,14 +26,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for split in ("train", "val", "test"):
         parser.add_argument(f"--{split}", default=None, help=f"ALBEF-style {split} file")
-    parser.add_argument("--root", required=True, help="data root: the split JSONs are written here and image "
-                                                      "paths are relative to it")
-    parser.add_argument("--images", default="", help="folder under the root that the files' 'image' paths "
-                                                     "are relative to")
-    parser.add_argument("--out", default="{split}.json", help='output file pattern under the root (e.g. "new_{split}.json")')
-    parser.add_argument("--id-style", choices=("filename", "stem"), default="filename",
-                        help="image_id of records without one: the image file name (default) or its stem")
-    parser.add_argument("--no-check-images", action="store_true", help="do not check that every image exists")
+    add_split_output_arguments(parser, "folder under the root that the files' 'image' paths are relative to",
+                               "image_id of records without one: the image file name (default) or its stem")
     return parser.parse_args(argv)
 
 

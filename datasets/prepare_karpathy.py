@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from icsd.features.cli import run_cli  # noqa: E402
+from icsd.features.cli import add_split_output_arguments, run_cli  # noqa: E402
 from icsd.features.karpathy import karpathy_records  # noqa: E402
 from icsd.features.split_writer import write_splits  # noqa: E402
 
@@ -24,14 +24,9 @@ from icsd.features.split_writer import write_splits  # noqa: E402
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--karpathy", required=True, help="dataset_coco.json or dataset_flickr30k.json")
-    parser.add_argument("--root", required=True, help="data root: the split JSONs are written here and image "
-                                                      "paths are relative to it")
-    parser.add_argument("--images", default="", help="image folder under the root, holding <filepath>/<filename> "
-                                                     "(COCO: train2014/, val2014/) or <filename> (Flickr30K)")
-    parser.add_argument("--out", default="{split}.json", help='output file pattern under the root (e.g. "new_{split}.json")')
-    parser.add_argument("--id-style", choices=("filename", "stem"), default="filename",
-                        help="image_id = the image file name (default) or its stem")
-    parser.add_argument("--no-check-images", action="store_true", help="do not check that every image exists")
+    add_split_output_arguments(parser, "image folder under the root, holding <filepath>/<filename> (COCO: "
+                                       "train2014/, val2014/) or <filename> (Flickr30K)",
+                               "image_id = the image file name (default) or its stem")
     return parser.parse_args(argv)
 
 

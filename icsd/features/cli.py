@@ -3,9 +3,9 @@ user errors printed as one line with exit status 1."""
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Callable, Optional, Sequence
 
+from icsd.cli import report_error
 from icsd.errors import ICSDError
 
 
@@ -15,8 +15,19 @@ def run_cli(body: Callable[[], object]) -> int:
         body()
         return 0
     except ICSDError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        report_error(exc)
         return 1
+
+
+def add_split_output_arguments(parser: argparse.ArgumentParser, images_help: str, id_style_help: str) -> None:
+    """The split converters' ``--root``, ``--images``, ``--out``, ``--id-style`` and ``--no-check-images``."""
+    parser.add_argument("--root", required=True, help="data root: the split JSONs are written here and image "
+                                                      "paths are relative to it")
+    parser.add_argument("--images", default="", help=images_help)
+    parser.add_argument("--out", default="{split}.json",
+                        help='output file pattern under the root (e.g. "new_{split}.json")')
+    parser.add_argument("--id-style", choices=("filename", "stem"), default="filename", help=id_style_help)
+    parser.add_argument("--no-check-images", action="store_true", help="do not check that every image exists")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, features_flag: str, features_help: str) -> None:
