@@ -115,7 +115,7 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
     if env.is_main:
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        truncate_log(log_path, start_epoch)
+        truncate_log(log_path, start_epoch if resume_path else -1)  # a fresh run drops a crashed run's log
     select_key = f"{cfg.eval.select_on}_{cfg.eval.select_metric}"
 
     def write_log(record: dict) -> None:
