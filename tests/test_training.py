@@ -192,3 +192,14 @@ def test_mixed_precision_with_clipping_and_accumulation(tmp_path, precision):
     assert state["num_updates"] == 300 // 16 // 2  # one optimizer step per 2 micro-batches
     assert state["scaler"] != {} if precision == "amp_fp16" else state["scaler"] == {}
     assert 0.01 <= record["tau"] <= 0.10 and 0.10 <= record["tau_s"] <= 0.99
+
+
+def test_truncate_log_keeps_only_earlier_epochs(tmp_path):
+    path = str(tmp_path / "log.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps({"epoch": e, "loss": e / 10}) + "\n" for e in (0, 1, 2, 3))
+    trainer.truncate_log(path, 1)
+    assert [r["epoch"] for r in read_log(str(tmp_path))] == [0, 1]
+    trainer.truncate_log(path, -1)  # a fresh run
+    assert read_log(str(tmp_path)) == []
+    trainer.truncate_log(str(tmp_path / "missing.jsonl"), 3)  # nothing to do
