@@ -17,23 +17,23 @@ from icsd.distributed import DistEnv, all_gather_no_grad, all_gather_with_grad, 
 from icsd.errors import TrainingError
 from icsd.losses import icsd_loss
 
-FEATURE_KEYS = ("x_img", "x_txt", "f_img", "f_txt")
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def gather_for_loss(out: dict, batch: dict) -> tuple[dict, dict]:
-    """All-gather features (with gradient), image ids and teacher features (constants) across ranks."""
-    out = {k: all_gather_with_grad(v) if k in FEATURE_KEYS else v for k, v in out.items()}
+def gather_for_loss(out: dict, batch: dict, cfg: Config) -> tuple[dict, dict]:
+    """All-gather what the loss reads across ranks: head outputs (and internal features when the soft label
+    uses them) with gradient; image ids and teacher features as constants."""
+    s = cfg.loss.soft_label
+    keys = ("f_img", "f_txt") + (("x_img", "x_txt") if s.weight > 0 and s.alpha > 0 else ())
+    out = {k: all_gather_with_grad(v) if k in keys else v for k, v in out.items()}
     batch = {k: all_gather_no_grad(v) for k, v in batch.items() if k in ("image_index", "ext_img", "ext_txt")}
     return out, batch
 
 
 def compute_loss_terms(out: dict, batch: dict, cfg: Config) -> dict[str, torch.Tensor]:
     if cfg.loss.gather_features:
-        out, batch = gather_for_loss(out, batch)
+        out, batch = gather_for_loss(out, batch, cfg)
     return icsd_loss(out, batch["image_index"], cfg.loss, batch.get("ext_img"), batch.get("ext_txt"))
 
 

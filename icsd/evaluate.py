@@ -91,6 +91,8 @@ def flat_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A readable Recall@K table, one row per split (and per fold result such as COCO 1K)."""
+    if not results:
+        return "(no split evaluated)"
     rows = []
     for split, metrics in results.items():
         rows.append((split, metrics))

@@ -1,6 +1,7 @@
 """The training run: build everything from a config, train epoch by epoch, evaluate, checkpoint, log."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -15,7 +16,7 @@ from icsd.config import Config, config_to_dict, save_config
 from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features, needs_teacher_features
 from icsd.distributed import DistEnv, all_gather_objects, broadcast_object
 from icsd.engine import train_one_epoch
-from icsd.errors import CheckpointError, ConfigError
+from icsd.errors import CheckpointError, ConfigError, ICSDError
 from icsd.evaluate import Evaluator, build_model_for, flat_metrics, format_table, log0
 from icsd.models import ICSDModel
 from icsd.optim import build_optimizer, build_scheduler
@@ -37,17 +38,35 @@ def resolve_resume(resume: Optional[str], run_dir: str) -> Optional[str]:
 
 def check_run_dir(run_dir: str, resume_path: Optional[str]) -> None:
     """A fresh run never writes into a folder that holds another run's checkpoints (nothing is lost)."""
-    if resume_path is None and os.path.isfile(os.path.join(run_dir, LAST)):
-        raise ConfigError(f"{run_dir} already holds a run ({LAST}): continue it with --resume auto, or "
-                          f"choose another output_dir or seed")
+    found = sorted(glob.glob(os.path.join(run_dir, "checkpoint_*.pth"))) if resume_path is None else []
+    if found:
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(map(os.path.basename, found))}): "
+                          f"continue it with --resume auto, or choose another output_dir or seed")
+
+
+def decide_start(resume: Optional[str], run_dir: str) -> tuple[Optional[str], Optional[str]]:
+    """(checkpoint to resume from, or None; the error that stops the run, or None), decided on rank 0
+    and broadcast, so every rank takes the same path and raises the same error."""
+    try:
+        path = resolve_resume(resume, run_dir)
+        check_run_dir(run_dir, path)
+        return path, None
+    except ICSDError as exc:
+        return None, str(exc)
 
 
 def truncate_log(path: str, last_epoch: int) -> None:
     """Keep the log records of epochs <= ``last_epoch`` (a resumed run rewrites what came after)."""
     if not os.path.isfile(path):
         return
+    kept = []
     with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= last_epoch]
+        for line in f:
+            try:
+                if json.loads(line)["epoch"] <= last_epoch:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line cut short by a crash
     with open(f"{path}.tmp", "w") as f:
         f.writelines(kept)
     os.replace(f"{path}.tmp", path)
@@ -67,9 +86,9 @@ def build_train_loader(pairs, cfg: Config, env: DistEnv) -> tuple[DistributedSam
 def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICSDModel:
     """Train as configured; returns the trained (unwrapped) model."""
     run_dir = cfg.run_dir
-    resume_path = broadcast_object(resolve_resume(resume, run_dir) if env.is_main else None)  # rank 0 decides
-    if env.is_main:
-        check_run_dir(run_dir, resume_path)
+    resume_path, error = broadcast_object(decide_start(resume, run_dir) if env.is_main else None)
+    if error is not None:
+        raise ICSDError(error)
     seed_everything(cfg.seed + env.rank)
 
     # Data first: bad input stops the run before any model is built or weights are downloaded.
@@ -95,11 +114,13 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
 
     start_epoch, num_updates, best = 0, 0, {"score": None, "epoch": None}
     if state is not None:
-        for part, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
-            obj.load_state_dict(state[part])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler.is_enabled() and state["scaler"]:  # a run resumed in amp_fp16 from another precision starts anew
+            scaler.load_state_dict(state["scaler"])
         start_epoch, num_updates, best = state["epoch"], state["num_updates"], state["best"]
-        rngs = state["rng"]  # one per rank; a run resumed on another number of processes takes rank 0's
-        set_rng_state(rngs[env.rank] if len(rngs) == env.world_size else rngs[0], env.device)
+        if len(state["rng"]) == env.world_size:  # one per rank; on another number of processes: seed + rank
+            set_rng_state(state["rng"][env.rank], env.device)
         if state["config"]["train"]["epochs"] != cfg.train.epochs:
             log0(env, f"warning: train.epochs is {cfg.train.epochs}, the checkpoint's run had "
                       f"{state['config']['train']['epochs']}: the restored schedule keeps its length")

@@ -231,3 +231,20 @@ def test_text_cache_is_built_once_when_missing(tmp_path, example_cfg, minilm_pat
     stale = dataclasses.replace(data, text_teacher="another-teacher")
     with pytest.raises(DataError, match="stale text feature cache"):
         load_teacher_features(stale, split, DistEnv())
+
+
+def test_matrix_rows_refuse_fortran_order_and_non_npy(tmp_path):
+    path = str(tmp_path / "f.npy")
+    np.save(path, np.asfortranarray(np.arange(12, dtype=np.float16).reshape(3, 4)))
+    with pytest.raises(DataError, match=r"expected a C-ordered \[N, D\] matrix"):
+        MatrixRows(path)
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"not numpy")
+    with pytest.raises(DataError, match=rf"{bad}: not a plain .npy feature matrix"):
+        MatrixRows(str(bad))
+    good = str(tmp_path / "c.npy")
+    np.save(good, np.arange(12, dtype=np.float16).reshape(3, 4))
+    rows = MatrixRows(good)
+    np.testing.assert_array_equal(rows[1], [4, 5, 6, 7])
+    with pytest.raises(IndexError):
+        rows[3]

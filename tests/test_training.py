@@ -158,7 +158,8 @@ def test_run_folder_is_never_overwritten_and_resume_rewrites_later_epochs(tmp_pa
     code, run_dir = run(tmp_path, "twice", "train.save_every=1", "eval.splits=[val]")
     assert code == 0
     code, _ = run(tmp_path, "twice", "eval.splits=[val]")
-    assert code == 1 and "already holds a run (checkpoint_last.pth): continue it with --resume auto" in \
+    assert code == 1 and "already holds a run (checkpoint_best.pth, checkpoint_epoch1.pth, checkpoint_epoch2.pth, " \
+        "checkpoint_last.pth): continue it with --resume auto" in \
         capsys.readouterr().err
     before = without_timing(read_log(run_dir))
     code, _ = run(tmp_path, "twice", "eval.splits=[val]", resume=os.path.join(run_dir, "checkpoint_epoch1.pth"))

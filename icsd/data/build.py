@@ -9,13 +9,12 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
 
 from icsd.config import Config, DataConfig
 from icsd.data.annotations import Split, load_split
 from icsd.data.captions import caption_fingerprint
 from icsd.data.datasets import TrainPairs
-from icsd.data.features import ImageFeatures, load_image_features, load_text_features, meta_path
+from icsd.data.features import ImageFeatures, MatrixRows, load_image_features, load_text_features, meta_path
 from icsd.distributed import DistEnv, barrier, broadcast_object
 from icsd.errors import DataError
 
@@ -39,7 +38,7 @@ def needs_teacher_features(cfg: Config) -> bool:
 @dataclass
 class TeacherFeatures:
     image: ImageFeatures
-    text: np.ndarray
+    text: MatrixRows
 
 
 def load_teacher_features(data: DataConfig, split: Split, env: DistEnv) -> TeacherFeatures:

@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from icsd.data.annotations import Split
-from icsd.data.features import ImageFeatures
+from icsd.data.features import ImageFeatures, MatrixRows
 from icsd.errors import ImageReadError
 
 
@@ -32,7 +32,7 @@ class TrainPairs(Dataset):
     and, when given, the external image feature of its image and the external text feature of the caption."""
 
     def __init__(self, split: Split, transform: Callable, tokenizer: Callable,
-                 image_features: Optional[ImageFeatures] = None, text_features: Optional[np.ndarray] = None):
+                 image_features: Optional[ImageFeatures] = None, text_features: Optional[MatrixRows] = None):
         self.split = split
         self.transform = transform
         self.tokenizer = tokenizer

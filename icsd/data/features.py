@@ -68,12 +68,17 @@ class MatrixRows:
     """
 
     def __init__(self, path: str):
-        header = np.load(path, mmap_mode="r")
+        self._fd: Optional[int] = None
+        self._pid: Optional[int] = None
+        try:
+            header = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{path}: not a plain .npy feature matrix ({exc})") from None
+        if header.ndim < 1 or not header.flags.c_contiguous:
+            raise DataError(f"{path}: expected a C-ordered [N, D] matrix (save it with np.ascontiguousarray)")
         self.path, self.shape, self.dtype = path, header.shape, header.dtype
         self._offset = header.offset
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._fd: Optional[int] = None
-        self._pid: Optional[int] = None
         del header
 
     @property
@@ -93,6 +98,7 @@ class MatrixRows:
         return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
 
     def array(self) -> np.memmap:
+        """The whole matrix as a read-only memmap (inspection and tests; training reads rows)."""
         return np.load(self.path, mmap_mode="r")
 
     def __getstate__(self) -> dict:
