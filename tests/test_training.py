@@ -204,3 +204,15 @@ def test_truncate_log_keeps_only_earlier_epochs(tmp_path):
     trainer.truncate_log(path, -1)  # a fresh run
     assert read_log(str(tmp_path)) == []
     trainer.truncate_log(str(tmp_path / "missing.jsonl"), 3)  # nothing to do
+
+
+def test_resume_in_amp_fp16_from_an_fp32_checkpoint(tmp_path):
+    """The fp32 run's scaler state is empty: the fp16 run starts its GradScaler anew instead of failing."""
+    common = ("train.epochs=2", "eval.splits=[val]", "eval.eval_before_training=false", "train.save_every=1")
+    code, run_dir = run(tmp_path, "fp32", *common)
+    assert code == 0
+    code, resumed = run(tmp_path, "fp16", *common, "train.precision=amp_fp16",
+                        resume=os.path.join(run_dir, "checkpoint_epoch1.pth"))
+    assert code == 0
+    state = load_checkpoint(os.path.join(resumed, "checkpoint_last.pth"))
+    assert state["epoch"] == 2 and state["scaler"] != {}
