@@ -5,13 +5,13 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from icsd.data.captions import preprocess_caption
+from icsd.data.jsonio import read_json
 from icsd.errors import DataError
 
 REQUIRED_FIELDS = ("image_path", "caption", "image_id")
@@ -47,13 +47,7 @@ class Split:
 
 
 def read_records(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        raise DataError(f"annotation file not found: {path}")
-    try:
-        with open(path) as f:
-            records = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: malformed JSON ({exc})") from None
+    records = read_json(path, "annotation file")
     if not isinstance(records, list) or not records:
         raise DataError(f"{path}: expected a non-empty JSON list of records")
     return records

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from icsd.data.jsonio import read_json
 from icsd.errors import DataError
 
 META_SUFFIX = ".meta.json"
@@ -29,13 +30,7 @@ def meta_path(path: str) -> str:
 
 def read_meta(path: str) -> Optional[dict]:
     sidecar = meta_path(path)
-    if not os.path.isfile(sidecar):
-        return None
-    try:
-        with open(sidecar) as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{sidecar}: malformed JSON ({exc})") from None
+    return read_json(sidecar, "sidecar") if os.path.isfile(sidecar) else None
 
 
 def write_meta(path: str, meta: dict) -> None:

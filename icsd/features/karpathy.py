@@ -8,9 +8,8 @@ name (``COCO_val2014_000000391895.jpg``, or its stem with ``id_style="stem"``).
 """
 from __future__ import annotations
 
-import json
-import os
 
+from icsd.data.jsonio import read_json
 from icsd.errors import DataError
 from icsd.features.split_writer import image_id_of, image_path_of
 
@@ -18,13 +17,7 @@ KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "
 
 
 def read_karpathy(path: str) -> list:
-    if not os.path.isfile(path):
-        raise DataError(f"Karpathy split file not found: {path}")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: malformed JSON ({exc})") from None
+    data = read_json(path, "Karpathy split file")
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images:
         raise DataError(f"{path}: expected Karpathy's format, an object with a non-empty 'images' list")
