@@ -1,31 +1,35 @@
 # Quick start:  make demo   (train + evaluate the example config on CPU)
-#               make test   (the test suite, CPU, offline)
-# Both create .venv from the requirements files on first use.
+#               make test   (lint, then the test suite; CPU, offline)
+# Both create .venv and install the project (pip install -e, pinned by constraints.txt) on first use.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install -q -c constraints.txt
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test clean
+.PHONY: demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.runtime: requirements.txt | $(BIN)/python
-	$(BIN)/pip install -q -r requirements.txt
+$(VENV)/.runtime: pyproject.toml requirements.txt constraints.txt | $(BIN)/python
+	$(PIP) -e ".[teachers]"
 	touch $@
 
-$(VENV)/.test: requirements.txt requirements-test.txt $(VENV)/.runtime
-	$(BIN)/pip install -q -r requirements-test.txt
+$(VENV)/.test: $(VENV)/.runtime
+	$(PIP) -e ".[teachers,test]"
 	touch $@
 
 demo: $(VENV)/.runtime
 	rm -rf output/example/icsd_seed42  # the demo starts afresh each time
 	$(BIN)/python retrieval.py --config configs/example/icsd.yaml
 
-test: $(VENV)/.test
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -13,6 +13,7 @@ from icsd.cli import report_error, run_main
 from icsd.config import apply_overrides, config_from_dict, load_config
 from icsd.errors import ICSDError
 from icsd.evaluate import run_evaluation
+from icsd.logger import setup_logging
 
 
 def parse_args(argv):
@@ -27,6 +28,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    setup_logging()
     try:
         state = load_checkpoint(args.checkpoint)
         if args.config is not None:

@@ -5,7 +5,7 @@ mmap layout (SPEC section 2: "it must not need the whole file in RAM").
     .venv/bin/python bench/feature_mmap_rss.py --batches 500 --num-workers 2
 
 1. Writes a synthetic ``train_unicom.npy`` (random float16, Unicom ViT-B/32 token size 49 x 768) with the
-   project's writer (``icsd.features.writer``), chunk by chunk, into a temporary folder (deleted at the
+   project's writer (``icsd.data.feature_file``), chunk by chunk, into a temporary folder (deleted at the
    end), plus a text-teacher cache, then drops both from the page cache (fsync + POSIX_FADV_DONTNEED).
 2. Open: ``load_image_features`` + ``rows_for`` (what training does). Reports the RSS growth and the bytes
    actually read from disk (/proc/self/io read_bytes), both of which must stay far below the file size.
@@ -14,7 +14,7 @@ mmap layout (SPEC section 2: "it must not need the whole file in RAM").
 
 Memory is read from /proc/<pid>/status: ``RssAnon`` (private memory: what the loader allocates) and
 ``RssFile`` (file-backed pages mapped into the process). Rows of the mmap layout are read with ``os.pread``
-(``icsd.data.features.MatrixRows``), so touched rows stay in the kernel's page cache and are never mapped
+(``icsd.data.feature_file.MatrixRows``), so touched rows stay in the kernel's page cache and are never mapped
 into the loader: ``VmRSS`` itself should stay flat. The 300 MB criterion is on the peak growth of the
 whole RSS: ``VmRSS`` of this process with ``--num-workers 0`` (the default), or ``Pss_Anon + Pss_File``
 (/proc/<pid>/smaps_rollup) summed over this process and its workers otherwise (a worker's RSS also counts,
@@ -31,18 +31,15 @@ import time
 
 import numpy as np
 import psutil
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from icsd.data.annotations import Split  # noqa: E402
-from icsd.data.captions import caption_fingerprint  # noqa: E402
-from icsd.data.datasets import TrainPairs  # noqa: E402
-from icsd.data.features import load_image_features, load_text_features  # noqa: E402
-from icsd.features.writer import FeatureWriter  # noqa: E402
+from icsd.data.annotations import Split
+from icsd.data.captions import caption_fingerprint
+from icsd.data.datasets import TrainPairs
+from icsd.data.feature_file import FeatureWriter
+from icsd.data.teacher_features import load_image_features, load_text_features
 
 MB = 1_000_000  # decimal megabytes, as the 300 MB criterion
 STATUS_FIELDS = ("RssAnon", "RssFile", "VmRSS", "VmHWM")  # this process, from /proc/self/status

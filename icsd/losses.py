@@ -6,12 +6,36 @@ image index of every pair (several captions of one image are all positives).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from icsd.config import LossConfig
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What ``icsd_loss`` reads under a config, per sample: the model outputs (differentiable) and the
+    batch fields (constants). A gathered loss all-gathers exactly these; a new loss term declares its
+    inputs here and nothing outside this module needs to know."""
+
+    outputs: tuple[str, ...]
+    batch: tuple[str, ...]
+
+
+def loss_inputs(cfg: LossConfig) -> LossInputs:
+    s = cfg.soft_label
+    soft = s.weight > 0
+    outputs = ("f_img", "f_txt") + (("x_img", "x_txt") if soft and s.alpha > 0 else ())
+    batch = ("image_index",) + (("ext_img", "ext_txt") if soft and s.alpha < 1 else ())
+    return LossInputs(outputs, batch)
+
+
+def needs_teacher_features(cfg: LossConfig) -> bool:
+    """External teacher features are read only when the soft label uses them (weight > 0 and alpha < 1)."""
+    return "ext_img" in loss_inputs(cfg).batch
 
 
 def multi_positive_targets(ids: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import time
 from typing import Optional
@@ -13,13 +14,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from icsd.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from icsd.config import Config, config_to_dict, save_config
-from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features, needs_teacher_features
+from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features
 from icsd.distributed import DistEnv, all_gather_objects, broadcast_object
 from icsd.engine import train_one_epoch
 from icsd.errors import CheckpointError, ConfigError, ICSDError
-from icsd.evaluate import Evaluator, build_model_for, flat_metrics, format_table, log0
-from icsd.models import ICSDModel
+from icsd.evaluate import Evaluator, flat_metrics, format_table
+from icsd.logger import OUT_LOG, log_to_file
+from icsd.losses import needs_teacher_features
+from icsd.models import ICSDModel, build_model_for
 from icsd.optim import build_optimizer, build_scheduler
+from icsd.prep.text import ensure_text_cache
+
+logger = logging.getLogger(__name__)
 
 LAST, BEST, LOG = "checkpoint_last.pth", "checkpoint_best.pth", "log.jsonl"
 
@@ -93,7 +99,10 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
 
     # Data first: bad input stops the run before any model is built or weights are downloaded.
     train_split = load_data_split(cfg.data, cfg.data.train_split)
-    teacher = load_teacher_features(cfg.data, train_split, env) if needs_teacher_features(cfg) else None
+    teacher = None
+    if needs_teacher_features(cfg.loss):
+        ensure_text_cache(cfg.data, train_split, env)  # built once, by rank 0, when missing
+        teacher = load_teacher_features(cfg.data, train_split)
     eval_splits = {n: (train_split if n == cfg.data.train_split else load_data_split(cfg.data, n))
                    for n in cfg.eval.splits}
 
@@ -122,9 +131,9 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
         if len(state["rng"]) == env.world_size:  # one per rank; on another number of processes: seed + rank
             set_rng_state(state["rng"][env.rank], env.device)
         if state["config"]["train"]["epochs"] != cfg.train.epochs:
-            log0(env, f"warning: train.epochs is {cfg.train.epochs}, the checkpoint's run had "
-                      f"{state['config']['train']['epochs']}: the restored schedule keeps its length")
-        log0(env, f"resumed from {resume_path} at epoch {start_epoch}")
+            logger.warning(f"warning: train.epochs is {cfg.train.epochs}, the checkpoint's run had "
+                           f"{state['config']['train']['epochs']}: the restored schedule keeps its length")
+        logger.info(f"resumed from {resume_path} at epoch {start_epoch}")
         del state
 
     ddp_model = model
@@ -135,6 +144,7 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
     log_path = os.path.join(run_dir, LOG)
     if env.is_main:
         os.makedirs(run_dir, exist_ok=True)
+        log_to_file(os.path.join(run_dir, OUT_LOG))  # from here on, what rank 0 shows is also in out.log
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
         truncate_log(log_path, start_epoch if resume_path else -1)  # a fresh run drops a crashed run's log
     select_key = f"{cfg.eval.select_on}_{cfg.eval.select_metric}"
@@ -146,7 +156,7 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
 
     if start_epoch == 0 and cfg.eval.eval_before_training and eval_splits:
         results = evaluator.evaluate(model, cfg, env)
-        log0(env, f"epoch 0 (before training)\n{format_table(results)}")
+        logger.info(f"epoch 0 (before training)\n{format_table(results)}")
         write_log({"epoch": 0, **flat_metrics(results)})
 
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
@@ -175,11 +185,11 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
         temps = {name: temp().item() for name, temp in model.temperatures.items()}
         write_log({"epoch": epoch, "lr": lr, **stats, **temps, "epoch_seconds": time.perf_counter() - epoch_start,
                    **metrics, "best_epoch": best["epoch"], f"best_{select_key}": best["score"]})
-        log0(env, f"epoch {epoch}/{cfg.train.epochs}  loss {stats['loss']:.4f} (contrastive "
-                  f"{stats['loss_contrastive']:.4f}, soft {stats['loss_soft']:.4f})  "
-                  f"{stats['samples_per_second']:.1f} samples/s" + (f"\n{format_table(results)}" if results else ""))
+        logger.info(f"epoch {epoch}/{cfg.train.epochs}  loss {stats['loss']:.4f} (contrastive "
+                    f"{stats['loss_contrastive']:.4f}, soft {stats['loss_soft']:.4f})  "
+                    f"{stats['samples_per_second']:.1f} samples/s" + (f"\n{format_table(results)}" if results else ""))
     if best["epoch"] is not None:
-        log0(env, f"done: {run_dir} (best {select_key} {best['score']:.2f} at epoch {best['epoch']})")
+        logger.info(f"done: {run_dir} (best {select_key} {best['score']:.2f} at epoch {best['epoch']})")
     else:
-        log0(env, f"done: {run_dir}")
+        logger.info(f"done: {run_dir}")
     return model

@@ -1,6 +1,7 @@
 """Shared fixtures: offline, CPU, the tiny model config and dataset_example."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -42,3 +43,12 @@ def tiny_overrides(*extra: str) -> list[str]:
     return [f"data.root={EXAMPLE_DATA}", "data.text_features={split}_minilm.npy", "data.text_teacher=null",
             "data.num_workers=0", f"model.clip={TINY_MODEL}", "model.pretrained=null", "train.precision=fp32",
             "train.device=cpu", *extra]
+
+
+def load_dataset_script(name: str):
+    """A ``datasets/<name>.py`` script as a module (datasets/ is no package, on purpose)."""
+    path = os.path.join(REPO, "datasets", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"datasets_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

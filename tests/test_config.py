@@ -19,9 +19,11 @@ def write(tmp_path, text: str, name: str = "c.yaml") -> str:
 def test_defaults_are_the_reference_settings():
     cfg = load_config(None)
     assert cfg.model.clip == "ViT-B-32-quickgelu" and cfg.model.pretrained == "openai"
-    assert (cfg.loss.contrastive.tau, cfg.loss.contrastive.tau_min, cfg.loss.contrastive.tau_max) == (0.05, 0.01, 0.10)
-    s = cfg.loss.soft_label
-    assert (s.weight, s.alpha, s.tau, s.teacher_tau, s.kind) == (0.15, 0.3, 0.45, 1.0, "kl")
+    c, s = cfg.loss.contrastive.temperature, cfg.loss.soft_label
+    assert (c.init, c.min, c.max, c.learnable) == (0.05, 0.01, 0.10, True)
+    assert (s.student.init, s.student.min, s.student.max, s.student.learnable) == (0.45, 0.10, 0.99, True)
+    assert (s.teacher.init, s.teacher.min, s.teacher.max, s.teacher.learnable) == (1.0, 0.10, 1.00, False)
+    assert (s.weight, s.alpha, s.kind) == (0.15, 0.3, "kl")
     assert (cfg.train.optimizer.lr, cfg.train.optimizer.weight_decay, cfg.train.scheduler.min_lr) == (1e-5, 1e-4, 1e-6)
     assert (cfg.eval.image_batch_size, cfg.eval.text_batch_size, cfg.eval.select_on) == (128, 256, "val")
     assert cfg.run_dir == "output/vitb32/coco/icsd_seed42"
@@ -71,9 +73,16 @@ def test_overrides_are_typed_and_validated(tmp_path):
 
 
 def test_ranges_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match=r"tau_min <= tau <= tau_max"):
+    with pytest.raises(ConfigError, match=r"loss.contrastive.tau = 0.5 must lie in \[tau_min, tau_max\] = "
+                                          r"\[0.01, 0.1\]"):
         load_config(None, ["loss.contrastive.tau=0.5"])
-    with pytest.raises(ConfigError, match=r"alpha must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"loss.soft_label.teacher_tau_min = 0.0 must be > 0"):
+        load_config(None, ["loss.soft_label.teacher_tau_min=0"])
+    with pytest.raises(ConfigError, match=r"train.batch_size = -32 must be >= 1"):
+        load_config(None, ["train.batch_size=-32"])
+    with pytest.raises(ConfigError, match=r"train.grad_clip = 0.0 must be > 0"):
+        load_config(None, ["train.grad_clip=0"])
+    with pytest.raises(ConfigError, match=r"loss.soft_label.alpha = 1.5 must be in \[0, 1\]"):
         load_config(None, ["loss.soft_label.alpha=1.5"])
     with pytest.raises(ConfigError, match=r"select_on 'test' must be one of eval.splits"):
         load_config(None, ["eval.splits=[val]", "eval.select_on=test"])
@@ -108,7 +117,8 @@ def test_every_shipped_config_is_valid(path):
 
 
 def test_paper_configs_have_the_reference_settings(repo):
-    expected = {"vitb32/coco": ("ViT-B-32-quickgelu", 128, 128, 30), "vitb32/flickr": ("ViT-B-32-quickgelu", 128, 128, 50),
+    expected = {"vitb32/coco": ("ViT-B-32-quickgelu", 128, 128, 30),
+                "vitb32/flickr": ("ViT-B-32-quickgelu", 128, 128, 50),
                 "vitl14_336/coco": ("ViT-L-14-336-quickgelu", 16, 32, 30),
                 "vitl14_336/flickr": ("ViT-L-14-336-quickgelu", 16, 32, 50)}
     for name, (clip, batch, image_batch, epochs) in expected.items():
@@ -131,3 +141,55 @@ def test_exponent_floats_and_named_choices(tmp_path):
         load_config(None, ["eval.select_metric=rmean"])
     with pytest.raises(ConfigError, match=r"key 'train.scheduler.name': expected one of 'cosine'"):
         load_config(None, ["train.scheduler.name=cosin"])
+
+
+# Keys added after the snapshot in tests/data/resolved_configs_v0.json, with the default every shipped
+# config resolves them to. A key added to the schema must be listed here on purpose.
+ADDED_KEYS = {
+    "data.text_teacher_source": None,
+    "train.checkpoint_every_steps": 0,
+    "train.report_to": [],
+    "train.wandb_project": "icsd",
+}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_shipped_configs_resolve_as_before_the_refactor(repo, monkeypatch):
+    """Every config shipped before the structure refactor resolves to exactly its stored copy (same keys,
+    same values); keys only in the new schema are the ADDED_KEYS, at their defaults."""
+    import json
+
+    monkeypatch.chdir(repo)
+    stored = json.load(open(os.path.join(repo, "tests", "data", "resolved_configs_v0.json")))
+    assert len(stored) == 11
+    for path, before in stored.items():
+        now, before = _flatten(config_to_dict(load_config(path))), _flatten(before)
+        assert {k: now[k] for k in before} == before, path
+        assert {k: v for k, v in now.items() if k not in before} == ADDED_KEYS, path
+
+
+def test_temperature_keys_map_onto_one_type(tmp_path):
+    """The users' flat keys (tau, tau_min, ..., learn_teacher_tau) fill one TemperatureConfig each."""
+    cfg = load_config(write(tmp_path, "loss:\n  soft_label: {tau: 0.3, tau_max: 0.5, learn_teacher_tau: true}\n"),
+                      ["loss.contrastive.tau_min=0.02", "loss.soft_label.teacher_tau=0.8"])
+    s = cfg.loss.soft_label
+    assert (s.student.init, s.student.min, s.student.max, s.student.learnable) == (0.3, 0.10, 0.5, True)
+    assert (s.teacher.init, s.teacher.learnable) == (0.8, True)
+    assert cfg.loss.contrastive.temperature.min == 0.02
+    saved = config_to_dict(cfg)["loss"]["soft_label"]
+    assert list(saved)[5:9] == ["tau", "tau_min", "tau_max", "learn_tau"] and saved["teacher_tau"] == 0.8
+    with pytest.raises(ConfigError, match=r"unknown key 'tau_mn' in section 'loss.soft_label'; did you mean 'tau_min'"):
+        load_config(None, ["loss.soft_label.tau_mn=0.2"])
+    with pytest.raises(ConfigError, match=r"unknown key 'student' in section 'loss.soft_label'"):
+        load_config(None, ["loss.soft_label.student=0.2"])  # the code's field names are not YAML keys
+    with pytest.raises(ConfigError, match=r"key 'loss.soft_label.learn_tau': expected bool"):
+        load_config(None, ["loss.soft_label.learn_tau=1"])

@@ -12,8 +12,8 @@ from icsd.data.annotations import load_split
 from icsd.data.build import load_data_split, load_teacher_features
 from icsd.data.captions import caption_fingerprint, preprocess_caption
 from icsd.data.datasets import EvalTexts, TrainPairs
-from icsd.data.features import MatrixRows, load_image_features, load_text_features
-from icsd.features.writer import write_feature_matrix
+from icsd.data.feature_file import MatrixRows, write_feature_matrix
+from icsd.data.teacher_features import load_image_features, load_text_features
 from icsd.distributed import DistEnv
 from icsd.errors import DataError
 
@@ -80,7 +80,8 @@ def test_index_maps_with_2_5_and_6_captions(tmp_path):
 @pytest.mark.parametrize("records, message", [
     ([{"caption": "x", "image_id": "a"}], r"record 0 has no field 'image_path'"),
     ([{"image_path": "pics/a.jpg", "caption": "ok", "image_id": "a"},
-      {"image_path": "pics/a.jpg", "caption": " ?! ", "image_id": "a"}], r"record 1 \(image_id 'a'\) has an empty caption"),
+      {"image_path": "pics/a.jpg", "caption": " ?! ", "image_id": "a"}],
+     r"record 1 \(image_id 'a'\) has an empty caption"),
     ([{"image_path": "pics/a.jpg", "caption": "x", "image_id": "a"},
       {"image_path": "pics/b.jpg", "caption": "y", "image_id": "a"}], r"image_id 'a' is listed with two image paths"),
     ([], r"expected a non-empty JSON list"),
@@ -198,7 +199,7 @@ def test_example_train_pairs(example_cfg):
     from icsd.models.backbone import build_backbone
 
     split = load_data_split(example_cfg.data, "train")
-    teacher = load_teacher_features(example_cfg.data, split, DistEnv())
+    teacher = load_teacher_features(example_cfg.data, split)
     backbone = build_backbone(example_cfg.model)
     pairs = TrainPairs(split, backbone.transform, backbone.tokenizer, teacher.image, teacher.text)
     assert len(pairs) == 300
@@ -216,21 +217,29 @@ def test_example_train_pairs(example_cfg):
 
 
 def test_text_cache_is_built_once_when_missing(tmp_path, example_cfg, minilm_path):
+    """The example's canonical teacher name with a local source builds the cache offline, recording the name."""
     import dataclasses
     import shutil
+
+    from icsd.prep.text import ensure_text_cache
 
     for name in ("val.json", "val_unicom.npy", "val_unicom.npy.meta.json"):
         shutil.copy(os.path.join(EXAMPLE_DATA, name), tmp_path / name)
     os.symlink(os.path.join(EXAMPLE_DATA, "pics"), tmp_path / "pics")
-    data = dataclasses.replace(example_cfg.data, root=str(tmp_path), text_teacher=minilm_path)
+    data = dataclasses.replace(example_cfg.data, root=str(tmp_path), text_teacher_source=minilm_path)
+    assert data.text_teacher == "all-MiniLM-L6-v2"
     split = load_data_split(data, "val")
-    teacher = load_teacher_features(data, split, DistEnv())
+    with pytest.raises(DataError, match=f"text feature cache not found: {tmp_path}/val_minilm.npy"):
+        load_teacher_features(data, split)  # loading never builds
+    ensure_text_cache(data, split, DistEnv())
+    teacher = load_teacher_features(data, split)
     assert teacher.text.shape == (100, 384)
+    assert json.load(open(tmp_path / "val_minilm.npy.meta.json"))["model"] == "all-MiniLM-L6-v2"
     committed = np.load(os.path.join(EXAMPLE_DATA, "val_minilm.npy"))
     np.testing.assert_allclose(np.asarray(teacher.text.array(), np.float32), committed.astype(np.float32), atol=2e-3)
     stale = dataclasses.replace(data, text_teacher="another-teacher")
     with pytest.raises(DataError, match="stale text feature cache"):
-        load_teacher_features(stale, split, DistEnv())
+        load_teacher_features(stale, split)
 
 
 def test_matrix_rows_refuse_fortran_order_and_non_npy(tmp_path):

@@ -82,7 +82,7 @@ def test_two_process_training_and_resume(tmp_path):
                   f"output_dir={full_dir}/run"], 2))
     run_dir = f"{full_dir}/run_seed42"
     assert sorted(os.listdir(run_dir)) == ["checkpoint_best.pth", "checkpoint_epoch1.pth", "checkpoint_epoch2.pth",
-                                           "checkpoint_last.pth", "config.yaml", "log.jsonl"]
+                                           "checkpoint_last.pth", "config.yaml", "log.jsonl", "out.log"]
     log = [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
     assert [r["epoch"] for r in log] == [1, 2]
     rank0, rank1 = torch.load(full_dir / "rank0.pt"), torch.load(full_dir / "rank1.pt")

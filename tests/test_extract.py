@@ -1,8 +1,7 @@
-"""Teacher-feature tools (icsd.features, datasets/*.py): image and text extraction, resumption after an
+"""Teacher-feature tools (icsd.prep, datasets/*.py): image and text extraction, resumption after an
 interruption, the released pickled-dict converter, and the writer's checks."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -16,26 +15,18 @@ import torch
 from icsd.data.annotations import load_split
 from icsd.data.captions import caption_fingerprint
 from icsd.data.datasets import load_image
-from icsd.data.features import load_image_features, load_text_features, read_meta
+from icsd.data.feature_file import FeatureWriter, read_meta
+from icsd.data.teacher_features import load_image_features, load_text_features
 from icsd.errors import ConfigError, DataError
-from icsd.features import text as text_module
-from icsd.features.image import extract_image_features
-from icsd.features.image_encoders import build_image_encoder
-from icsd.features.pickled import convert_pickled_dict
-from icsd.features.text import extract_text_features, load_sentence_model
-from icsd.features.writer import FeatureWriter
+from icsd.prep import text as text_module
+from icsd.prep.image import extract_image_features
+from icsd.prep.image_encoders import build_image_encoder
+from icsd.prep.pickled import convert_pickled_dict
+from icsd.prep.text import extract_text_features, load_sentence_model
 
-from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA, REPO, TINY_MODEL
+from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA, TINY_MODEL, load_dataset_script
 
 TEACHER = "all-MiniLM-L6-v2"
-
-
-def load_script(name: str):
-    """A ``datasets/<name>.py`` script as a module (datasets/ is no package, on purpose)."""
-    spec = importlib.util.spec_from_file_location(f"datasets_script_{name}", os.path.join(REPO, "datasets", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +90,7 @@ def read_bytes(path: str) -> bytes:
 # -- image teacher -------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode, dim", [("pooled", 64), ("tokens", 16 * 128)])
 def test_open_clip_extraction_cli_matches_open_clip(tmp_path, val_split, mode, dim):
-    script = load_script("extract_image_features")
+    script = load_dataset_script("extract_image_features")
     rc = script.main(["--root", EXAMPLE_DATA, "--splits", "val", "--backend", "open_clip", "--model", TINY_MODEL,
                       "--mode", mode, "--out", str(tmp_path / "{split}_img.npy"), "--device", "cpu",
                       "--num-workers", "0", "--batch-size", "8", "--no-progress"])
@@ -258,7 +249,7 @@ def test_text_extraction_resumes_to_the_same_file(tmp_path, small_split, minilm)
 def test_text_extraction_cli_matches_the_committed_cache(tmp_path, val_split, minilm, minilm_path, monkeypatch):
     asked = []  # the model loads once per module (fixture ``minilm``); the CLI must ask for --source
     monkeypatch.setattr(text_module, "load_sentence_model", lambda name, device=None: asked.append(name) or minilm)
-    script = load_script("extract_text_features")
+    script = load_dataset_script("extract_text_features")
     out = str(tmp_path / "{split}_minilm.npy")
     rc = script.main(["--config", EXAMPLE_CONFIG, "--root", EXAMPLE_DATA, "--splits", "val", "--source", minilm_path,
                       "--out", out, "--device", "cpu", "--batch-size", "32", "--no-progress"])
@@ -278,18 +269,25 @@ def test_text_extraction_cli_matches_the_committed_cache(tmp_path, val_split, mi
 
 def test_training_cache_builder_is_the_resumable_extraction(tmp_path, small_split, minilm, minilm_path,
                                                             monkeypatch):
-    from icsd.data.text_teacher import build_text_cache
+    """Training's ensure_text_cache continues an interrupted build; the model comes from
+    data.text_teacher_source while the sidecar records the canonical data.text_teacher."""
+    from icsd.config import DataConfig
+    from icsd.distributed import DistEnv
+    from icsd.prep.text import ensure_text_cache
 
     asked = []
     monkeypatch.setattr(text_module, "load_sentence_model", lambda name, device=None: asked.append(name) or minilm)
-    direct, built = str(tmp_path / "direct.npy"), str(tmp_path / "built.npy")
-    captions = small_split.captions[:10]
+    direct, built = str(tmp_path / "direct.npy"), str(tmp_path / "small_built.npy")
+    captions = small_split.captions
     extract_text_features(direct, TEACHER, captions, model=minilm, batch_size=4, show_progress=False)
     assert not extract_text_features(built, TEACHER, captions, model=minilm, batch_size=4,
                                      show_progress=False, max_batches=1)  # an earlier build was interrupted
-    build_text_cache(built, TEACHER, captions, batch_size=4, device="cpu", show_progress=False, source=minilm_path)
+    data = DataConfig(root=str(tmp_path), text_features="{split}_built.npy", text_teacher=TEACHER,
+                      text_teacher_source=minilm_path, text_teacher_batch_size=4)
+    ensure_text_cache(data, small_split, DistEnv())
     assert asked == [minilm_path]
     assert read_bytes(built) == read_bytes(direct) and read_meta(built) == read_meta(direct)
+    assert read_meta(built)["model"] == TEACHER
 
 
 # -- released pickled dicts ----------------------------------------------------------------------
@@ -303,7 +301,7 @@ def test_pickled_dict_converts_to_the_same_vectors(tmp_path):
     np.save(src, released)
     ann = tmp_path / "train.json"
     ann.write_text(json.dumps([{"image_path": f"{k}", "caption": "a cat", "image_id": k} for k in (7, "a.jpg")]))
-    rc = load_script("convert_pickled_features").main([src, dst, "--annotation", str(ann)])
+    rc = load_dataset_script("convert_pickled_features").main([src, dst, "--annotation", str(ann)])
     assert rc == 0
     original = load_image_features(src)  # the pickled-dict loader
     converted = load_image_features(dst)
@@ -333,7 +331,7 @@ def test_pickled_dict_errors_name_the_file_and_record(tmp_path, capsys):
     np.save(src, np.zeros((3, 4), np.float32))
     with pytest.raises(DataError, match="expected a non-empty pickled dict"):
         convert_pickled_dict(src, str(tmp_path / "out.npy"))
-    assert load_script("convert_pickled_features").main([src, src]) == 1
+    assert load_dataset_script("convert_pickled_features").main([src, src]) == 1
     assert "in place would destroy the original" in capsys.readouterr().err
 
 

@@ -13,8 +13,14 @@ import pytest
 import torch
 
 from icsd.config import config_from_dict
-from icsd.losses import (contrastive_loss, cosine_similarity_matrix, fuse_similarities, icsd_loss,
-                         multi_positive_targets, soft_label_loss)
+from icsd.losses import (
+    contrastive_loss,
+    cosine_similarity_matrix,
+    fuse_similarities,
+    icsd_loss,
+    multi_positive_targets,
+    soft_label_loss,
+)
 
 B = 7
 IDS = [0, 1, 1, 2, 3, 3, 3]

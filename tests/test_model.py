@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from icsd.config import load_config
-from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features, needs_teacher_features
-from icsd.distributed import DistEnv
+from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features
 from icsd.engine import compute_loss_terms
 from icsd.errors import CheckpointError, ConfigError
+from icsd.losses import needs_teacher_features
 from icsd.models import build_model
 from icsd.models.backbone import build_backbone
 from icsd.models.pdm import PDM
@@ -25,7 +25,7 @@ ABLATIONS = sorted(glob.glob(os.path.join(REPO, "configs", "vitb32", "*", "*.yam
 def one_step(cfg):
     torch.manual_seed(0)
     split = load_data_split(cfg.data, "train")
-    teacher = load_teacher_features(cfg.data, split, DistEnv()) if needs_teacher_features(cfg) else None
+    teacher = load_teacher_features(cfg.data, split) if needs_teacher_features(cfg.loss) else None
     model, backbone = build_model(cfg)
     pairs = build_train_pairs(cfg, split, teacher, backbone.transform, backbone.tokenizer)
     batch = next(iter(DataLoader(pairs, batch_size=16, shuffle=False)))

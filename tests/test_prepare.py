@@ -1,7 +1,6 @@
 """Split converters (datasets/prepare_karpathy.py, datasets/prepare_albef.py): records, counts, checks."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -10,19 +9,12 @@ from PIL import Image
 
 from icsd.data.annotations import load_split
 from icsd.data.captions import caption_fingerprint
-from icsd.data.features import read_meta
+from icsd.data.feature_file import read_meta
 from icsd.errors import DataError
-from icsd.features.albef import albef_records
-from icsd.features.karpathy import karpathy_records
+from icsd.prep.albef import albef_records
+from icsd.prep.karpathy import karpathy_records
 
-from conftest import EXAMPLE_DATA, REPO
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"datasets_script_{name}", os.path.join(REPO, "datasets", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import EXAMPLE_DATA, load_dataset_script
 
 
 def make_images(root, *relpaths):
@@ -57,7 +49,7 @@ def coco_root(tmp_path):
 
 
 def test_karpathy_coco_train_is_train_plus_restval(tmp_path, coco_root, capsys):
-    rc = load_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "dataset_coco.json"),
+    rc = load_dataset_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "dataset_coco.json"),
                                                "--root", str(coco_root), "--images", "images"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -79,7 +71,7 @@ def test_karpathy_flickr_has_no_filepath_and_stem_ids(tmp_path):
                        for n, s in ((100, "train"), (200, "val"), (300, "test"))]}
     (tmp_path / "dataset_flickr30k.json").write_text(json.dumps(data))
     make_images(tmp_path, "flickr30k-images/100.jpg", "flickr30k-images/200.jpg", "flickr30k-images/300.jpg")
-    rc = load_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "dataset_flickr30k.json"), "--root",
+    rc = load_dataset_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "dataset_flickr30k.json"), "--root",
                                                str(tmp_path), "--images", "flickr30k-images", "--id-style", "stem",
                                                "--out", "new_{split}.json"])
     assert rc == 0
@@ -100,7 +92,7 @@ def test_karpathy_round_trip_of_dataset_example(tmp_path):
         images.extend(grouped.values())
     (tmp_path / "karpathy.json").write_text(json.dumps({"images": images}))
     os.symlink(os.path.join(EXAMPLE_DATA, "pics"), tmp_path / "pics")
-    assert load_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "karpathy.json"),
+    assert load_dataset_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "karpathy.json"),
                                                  "--root", str(tmp_path), "--images", "pics"]) == 0
     for split in ("train", "val", "test"):
         original = json.load(open(os.path.join(EXAMPLE_DATA, f"{split}.json")))
@@ -113,7 +105,7 @@ def test_karpathy_round_trip_of_dataset_example(tmp_path):
 
 def test_missing_images_are_listed_and_nothing_is_written(tmp_path, coco_root, capsys):
     os.remove(coco_root / "images/val2014/COCO_val2014_000000000003.jpg")
-    rc = load_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "dataset_coco.json"),
+    rc = load_dataset_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "dataset_coco.json"),
                                                "--root", str(coco_root), "--images", "images"])
     assert rc == 1
     err = capsys.readouterr().err
@@ -121,7 +113,7 @@ def test_missing_images_are_listed_and_nothing_is_written(tmp_path, coco_root, c
     assert "images/val2014/COCO_val2014_000000000003.jpg (image_id 'COCO_val2014_000000000003.jpg')" in err
     assert not any(p.suffix == ".json" for p in coco_root.iterdir())
     # without the check, the splits are written
-    assert load_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "dataset_coco.json"), "--root",
+    assert load_dataset_script("prepare_karpathy").main(["--karpathy", str(tmp_path / "dataset_coco.json"), "--root",
                                                  str(coco_root), "--images", "images", "--no-check-images"]) == 0
 
 
@@ -160,7 +152,7 @@ def test_albef_train_and_test_files(tmp_path, capsys):
     root = tmp_path / "coco"
     make_images(root / "images", "val2014/COCO_val2014_000000000001.jpg", "val2014/COCO_val2014_000000000003.jpg",
                 "val2014/COCO_val2014_000000000004.jpg", "train2014/COCO_train2014_000000000002.jpg")
-    rc = load_script("prepare_albef").main(["--root", str(root), "--images", "images",
+    rc = load_dataset_script("prepare_albef").main(["--root", str(root), "--images", "images",
                                             "--train", str(ann / "coco_train.json"),
                                             "--test", str(ann / "coco_test.json")])
     assert rc == 0
@@ -196,10 +188,13 @@ def test_bad_albef_records_name_the_file_and_record(tmp_path, records, message):
 def test_empty_caption_and_ambiguous_image_id_stop_before_writing(tmp_path, capsys):
     make_images(tmp_path, "a.jpg", "b.jpg")
     (tmp_path / "t.json").write_text(json.dumps([{"image": "a.jpg", "caption": "?!", "image_id": 1}]))
-    assert load_script("prepare_albef").main(["--root", str(tmp_path), "--train", str(tmp_path / "t.json")]) == 1
-    assert "t.json (train split): a caption of image_id '1' is empty after preprocessing: '?!'" in capsys.readouterr().err
+    argv = ["--root", str(tmp_path), "--train", str(tmp_path / "t.json")]
+    assert load_dataset_script("prepare_albef").main(argv) == 1
+    err = capsys.readouterr().err
+    assert "t.json (train split): a caption of image_id '1' is empty after preprocessing: '?!'" in err
     (tmp_path / "t.json").write_text(json.dumps([{"image": "a.jpg", "caption": "x", "image_id": 1},
                                                  {"image": "b.jpg", "caption": "y", "image_id": 1}]))
-    assert load_script("prepare_albef").main(["--root", str(tmp_path), "--train", str(tmp_path / "t.json")]) == 1
+    argv = ["--root", str(tmp_path), "--train", str(tmp_path / "t.json")]
+    assert load_dataset_script("prepare_albef").main(argv) == 1
     assert "image_id '1' is used by two images (a.jpg and b.jpg)" in capsys.readouterr().err
     assert not (tmp_path / "train.json").exists()

@@ -9,13 +9,12 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-
 from icsd.config import Config, DataConfig
 from icsd.data.annotations import Split, load_split
 from icsd.data.captions import caption_fingerprint
 from icsd.data.datasets import TrainPairs
-from icsd.data.features import ImageFeatures, MatrixRows, load_image_features, load_text_features, meta_path
-from icsd.distributed import DistEnv, barrier, broadcast_object
+from icsd.data.feature_file import MatrixRows
+from icsd.data.teacher_features import ImageFeatures, load_image_features, load_text_features
 from icsd.errors import DataError
 
 
@@ -29,39 +28,22 @@ def load_data_split(data: DataConfig, split: str) -> Split:
     return load_split(split, data_path(data, data.annotation, split), data.root, data.max_words)
 
 
-def needs_teacher_features(cfg: Config) -> bool:
-    """External features are read only when the soft label uses them (weight > 0 and alpha < 1)."""
-    s = cfg.loss.soft_label
-    return s.weight > 0 and s.alpha < 1
-
-
 @dataclass
 class TeacherFeatures:
     image: ImageFeatures
     text: MatrixRows
 
 
-def load_teacher_features(data: DataConfig, split: Split, env: DistEnv) -> TeacherFeatures:
-    """Open both teachers' features for ``split``; build a missing text cache (main rank builds, the
-    others wait) when ``data.text_teacher`` is set; refuse a stale one."""
+def load_teacher_features(data: DataConfig, split: Split) -> TeacherFeatures:
+    """Open both teachers' features for ``split``, checked: every image_id has an image feature, and the
+    text cache was built from exactly these captions (by ``data.text_teacher`` when it is set).
+
+    A missing text cache is built beforehand by ``icsd.prep.text.ensure_text_cache`` (the trainer calls
+    it), so loading data never runs a model."""
     image = load_image_features(data_path(data, data.image_features, split.name))
     image.rows_for(split.image_ids)  # every image_id has a feature, or a DataError names it
     text_path = data_path(data, data.text_features, split.name)
-    fingerprint = caption_fingerprint(split.captions)
-    missing = not (os.path.isfile(text_path) and os.path.isfile(meta_path(text_path)))
-    if broadcast_object(missing):  # the main rank's view decides, so every rank takes the same branch
-        if data.text_teacher is None:
-            raise DataError(f"text feature cache not found: {text_path}, and data.text_teacher is null "
-                            f"so it cannot be built")
-        if env.is_main:
-            from icsd.data.text_teacher import build_text_cache
-
-            print(f"building the text feature cache {text_path} with {data.text_teacher} "
-                  f"({split.num_captions} captions, once)", flush=True)
-            build_text_cache(text_path, data.text_teacher, split.captions, data.text_teacher_batch_size,
-                             device=str(env.device))
-        barrier()
-    text = load_text_features(text_path, fingerprint, split.num_captions, data.text_teacher)
+    text = load_text_features(text_path, caption_fingerprint(split.captions), split.num_captions, data.text_teacher)
     return TeacherFeatures(image, text)
 
 

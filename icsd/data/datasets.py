@@ -9,7 +9,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from icsd.data.annotations import Split
-from icsd.data.features import ImageFeatures, MatrixRows
+from icsd.data.feature_file import MatrixRows
+from icsd.data.teacher_features import ImageFeatures
 from icsd.errors import ImageReadError
 
 

@@ -1,4 +1,6 @@
-"""The ICSD dual encoder: an open_clip backbone, PDM + linear cross-modal heads, temperatures."""
+"""The ICSD dual encoder: an open_clip backbone, PDM + linear cross-modal heads, temperatures; and the one
+place that builds it (``build_model``, ``build_model_for`` with checkpoint weights)."""
 from icsd.models.icsd_model import ICSDModel, build_model
+from icsd.models.loading import build_model_for, load_model_weights
 
-__all__ = ["ICSDModel", "build_model"]
+__all__ = ["ICSDModel", "build_model", "build_model_for", "load_model_weights"]

@@ -10,7 +10,6 @@ from icsd.models.backbone import Backbone, build_backbone
 from icsd.models.heads import build_head
 from icsd.models.temperature import Temperatures
 
-
 # open_clip's own loss parameters: ICSD uses its temperatures instead, so they are frozen (a trainable
 # parameter without gradient would break DDP and waste optimizer state).
 OPEN_CLIP_LOSS_PARAMETERS = ("logit_scale", "logit_bias")

@@ -4,17 +4,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from icsd.config import LossConfig
+from icsd.config import LossConfig, TemperatureConfig
 
 
 class Temperature(nn.Module):
-    """A scalar temperature stored as its value; a parameter when learnable, else a buffer."""
+    """A scalar temperature stored as its value; a parameter when learnable, else a buffer.
 
-    def __init__(self, init: float, lo: float, hi: float, learnable: bool):
+    Built from its ``TemperatureConfig``; ``active=False`` (its loss term is off) freezes it whatever the
+    config says."""
+
+    def __init__(self, cfg: TemperatureConfig, active: bool = True):
         super().__init__()
-        self.lo, self.hi = lo, hi
-        value = torch.tensor(float(init))
-        if learnable:
+        self.lo, self.hi = cfg.min, cfg.max
+        value = torch.tensor(float(cfg.init))
+        if cfg.learnable and active:
             self.value = nn.Parameter(value)
         else:
             self.register_buffer("value", value)
@@ -36,12 +39,10 @@ class Temperatures(nn.ModuleDict):
     def __init__(self, loss: LossConfig):
         c, s = loss.contrastive, loss.soft_label
         soft_on = s.weight > 0
-        temps = {"tau": Temperature(c.tau, c.tau_min, c.tau_max, c.learn_tau and c.weight > 0)}
-        names = ["tau_s"] if s.shared_tau else ["tau_s_i2t", "tau_s_t2i"]
-        for name in names:
-            temps[name] = Temperature(s.tau, s.tau_min, s.tau_max, s.learn_tau and soft_on)
-        temps["tau_t"] = Temperature(s.teacher_tau, s.teacher_tau_min, s.teacher_tau_max,
-                                     s.learn_teacher_tau and soft_on)
+        temps = {"tau": Temperature(c.temperature, active=c.weight > 0)}
+        for name in ["tau_s"] if s.shared_tau else ["tau_s_i2t", "tau_s_t2i"]:
+            temps[name] = Temperature(s.student, active=soft_on)
+        temps["tau_t"] = Temperature(s.teacher, active=soft_on)
         super().__init__(temps)
 
     def current(self) -> dict[str, torch.Tensor]:

@@ -15,12 +15,13 @@ import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from conftest import EXAMPLE_CONFIG, tiny_overrides  # noqa: E402
 from icsd.config import load_config  # noqa: E402
 from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features  # noqa: E402
 from icsd.distributed import init_distributed, shutdown  # noqa: E402
 from icsd.engine import compute_loss_terms  # noqa: E402
 from icsd.models import build_model  # noqa: E402
+
+from conftest import EXAMPLE_CONFIG, tiny_overrides  # noqa: E402
 
 
 def main(out_path: str, global_batch: int, opts: list[str]) -> None:
@@ -29,7 +30,7 @@ def main(out_path: str, global_batch: int, opts: list[str]) -> None:
     torch.manual_seed(0)  # the same initial weights on every rank
     model, backbone = build_model(cfg)
     split = load_data_split(cfg.data, "train")
-    pairs = build_train_pairs(cfg, split, load_teacher_features(cfg.data, split, env),
+    pairs = build_train_pairs(cfg, split, load_teacher_features(cfg.data, split),
                               backbone.transform, backbone.tokenizer)
     # A fixed batch with repeated images: the first `global_batch` captions (5 per image).
     batch = next(iter(DataLoader(pairs, batch_size=global_batch, shuffle=False)))

@@ -10,10 +10,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import torch  # noqa: E402
 
-from conftest import EXAMPLE_CONFIG, tiny_overrides  # noqa: E402
 from icsd.config import load_config  # noqa: E402
 from icsd.distributed import init_distributed, shutdown  # noqa: E402
 from icsd.trainer import run_training  # noqa: E402
+
+from conftest import EXAMPLE_CONFIG, tiny_overrides  # noqa: E402
 
 
 def main(out_dir: str, opts: list[str], resume) -> None:

@@ -10,9 +10,26 @@ path is ``<image_dir>/<image>``.
 """
 from __future__ import annotations
 
+import argparse
+import logging
+
 from icsd.data.annotations import read_records
-from icsd.errors import DataError
-from icsd.features.split_writer import image_id_of, image_path_of
+from icsd.errors import ConfigError, DataError
+from icsd.prep.common import add_split_output_arguments
+from icsd.prep.split_writer import image_id_of, image_path_of, write_splits
+
+logger = logging.getLogger(__name__)
+
+USAGE = """Split JSONs (one {image_path, caption, image_id} record per caption) from ALBEF-style annotation
+files, after checking that every image exists. Train records {image, caption, image_id}; val/test records
+{image, caption: [...]} whose image_id is taken from the image file name. Run from the repository root:
+
+    python -m icsd.prep albef --root datasets/coco --images images \\
+        --train ann/coco_train.json --val ann/coco_val.json --test ann/coco_test.json
+    python datasets/prepare_albef.py --root datasets/flickr30k --images . \\
+        --train ann/flickr30k_train.json --val ann/flickr30k_val.json --test ann/flickr30k_test.json
+"""
+SPLITS = ("train", "val", "test")
 
 
 def albef_records(path: str, image_dir: str = "", id_style: str = "filename") -> list[dict]:
@@ -37,3 +54,20 @@ def albef_records(path: str, image_dir: str = "", id_style: str = "filename") ->
         image_path = image_path_of(image_dir, entry["image"])
         records.extend({"image_path": image_path, "caption": c.strip(), "image_id": image_id} for c in captions)
     return records
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    for split in SPLITS:
+        parser.add_argument(f"--{split}", default=None, help=f"ALBEF-style {split} file")
+    add_split_output_arguments(parser, "folder under the root that the files' 'image' paths are relative to",
+                               "image_id of records without one: the image file name (default) or its stem")
+
+
+def run(args: argparse.Namespace) -> None:
+    sources = {s: getattr(args, s) for s in SPLITS if getattr(args, s)}
+    if not sources:
+        raise ConfigError("give at least one of --train, --val, --test")
+    splits = {name: albef_records(path, args.images, args.id_style) for name, path in sources.items()}
+    written = write_splits(splits, args.root, args.out, sources, check_images=not args.no_check_images)
+    for name, (images, captions, path) in written.items():
+        logger.info(f"{name}: {images} images, {captions} captions -> {path}  (from {sources[name]})")

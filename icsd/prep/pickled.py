@@ -8,14 +8,28 @@ lists images, so training and evaluation read the file in order.
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 from typing import Optional
 
 import numpy as np
 
-from icsd.data.features import read_pickled_dict
+from icsd.data.annotations import load_split
+from icsd.data.feature_file import FeatureWriter
+from icsd.data.teacher_features import load_image_features, read_pickled_dict
 from icsd.errors import DataError
-from icsd.features.writer import FeatureWriter
+
+logger = logging.getLogger(__name__)
+
+USAGE = """Convert a released pickled-dict feature file (np.save of {image_id: array (1, D) or (D,)}, e.g.
+ICSD/CUSA's Unicom features) to the project's layout: a float16 [N, D] .npy opened with mmap_mode="r"
++ a .meta.json sidecar listing the image_id of each row. Rows are streamed, so memory never holds a
+second copy. Run from the repository root:
+
+    python -m icsd.prep convert-pickled released/train_unicom.npy datasets/coco/train_unicom.npy \\
+        --annotation datasets/coco/train.json
+"""
 
 
 def _sorted_keys(path: str, data: dict) -> tuple[list, int]:
@@ -59,3 +73,25 @@ def convert_pickled_dict(src: str, dst: str, model: str = "unicom", mode: str = 
         raise
     writer.finish()
     return len(keys)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="the released pickled-dict .npy file")
+    parser.add_argument("dst", help="the output .npy (its sidecar is written beside it); not the same file")
+    parser.add_argument("--model", default="unicom", help="teacher name recorded in the sidecar (default unicom)")
+    parser.add_argument("--mode", default="released", help="feature mode recorded in the sidecar")
+    parser.add_argument("--annotation", default=None,
+                        help="a split JSON: check that each of its image_ids has a row afterwards")
+
+
+def run(args: argparse.Namespace) -> None:
+    if os.path.abspath(args.src) == os.path.abspath(args.dst):
+        raise DataError(f"{args.src}: converting in place would destroy the original; give another dst "
+                        f"(move the released file aside first)")
+    rows = convert_pickled_dict(args.src, args.dst, args.model, args.mode)
+    features = load_image_features(args.dst)
+    logger.info(f"{args.src} -> {args.dst}: {rows} rows x {features.dim} (float16)")
+    if args.annotation:
+        split = load_split("check", args.annotation, os.path.dirname(args.annotation), check_images=False)
+        features.rows_for(split.image_ids)
+        logger.info(f"all {split.num_images} images of {args.annotation} have a feature")

@@ -1,22 +1,8 @@
-"""What the ``datasets/`` command-line scripts share: data-section defaults from a training config, and
-user errors printed as one line with exit status 1."""
+"""Arguments the preparation commands share, with data-section defaults from a training config."""
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Optional, Sequence
-
-from icsd.cli import report_error
-from icsd.errors import ICSDError
-
-
-def run_cli(body: Callable[[], object]) -> int:
-    """Run ``body``; an ICSDError (bad input) prints ``error: ...`` and gives exit status 1."""
-    try:
-        body()
-        return 0
-    except ICSDError as exc:
-        report_error(exc)
-        return 1
+from typing import Optional, Sequence
 
 
 def add_split_output_arguments(parser: argparse.ArgumentParser, images_help: str, id_style_help: str) -> None:
@@ -42,7 +28,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, features_flag: str, feat
     parser.add_argument(features_flag, dest="out", default=None, help=features_help)
 
 
-def resolve_data_arguments(args: argparse.Namespace, features_key: str, extra: Sequence[str] = ()) -> argparse.Namespace:
+def resolve_data_arguments(args: argparse.Namespace, features_key: str,
+                           extra: Sequence[str] = ()) -> argparse.Namespace:
     """Fill unset data flags from ``--config`` (``data.<features_key>`` for the output pattern and the
     ``data.<name>`` of each flag in ``extra``), then from the defaults of the schema."""
     from icsd.config import DataConfig, load_config
@@ -64,3 +51,12 @@ def default_device(device: Optional[str]) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    """The extractors' ``--device``, ``--flush-every``, ``--max-batches``, ``--overwrite``, ``--no-progress``."""
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--flush-every", type=int, default=20, help="checkpoint progress every N batches")
+    parser.add_argument("--max-batches", type=int, default=None, help="stop (resumably) after N batches per split")
+    parser.add_argument("--overwrite", action="store_true", help="recompute even a complete file of the same job")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -4,7 +4,8 @@ Image teacher ("unicom"), two layouts:
 
 1. the released layout: a pickled dict ``{image_id: array (1, D) or (D,)}`` saved with ``np.save``;
 2. the project's layout: a float16 matrix ``[N, D]`` in a ``.npy`` file opened with ``mmap_mode="r"``
-   (never read whole; rows are read on demand, see ``MatrixRows``), plus a sidecar ``<file>.meta.json`` whose ``ids`` list the image_id of every row.
+   (never read whole; rows are read on demand), plus a sidecar ``<file>.meta.json`` whose ``ids`` list
+   the image_id of every row. The format itself is ``icsd.data.feature_file``'s.
 
 Text teacher: a float16 matrix ``[num_records, D]`` with a sidecar holding the teacher's name and the
 fingerprint of the preprocessed captions it encoded; a cache built from other captions or by another
@@ -12,96 +13,13 @@ teacher is refused, never silently used.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
 import numpy as np
 
-from icsd.data.jsonio import read_json
+from icsd.data.feature_file import MatrixRows, meta_path, npy_is_pickled, read_meta
 from icsd.errors import DataError
-
-META_SUFFIX = ".meta.json"
-
-
-def meta_path(path: str) -> str:
-    return path + META_SUFFIX
-
-
-def read_meta(path: str) -> Optional[dict]:
-    sidecar = meta_path(path)
-    return read_json(sidecar, "sidecar") if os.path.isfile(sidecar) else None
-
-
-def write_meta(path: str, meta: dict) -> None:
-    tmp = meta_path(path) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, meta_path(path))
-
-
-def _npy_is_pickled(path: str) -> bool:
-    """True for an object array (the released pickled dict), from the ``.npy`` header alone."""
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                      else np.lib.format.read_array_header_2_0)(f)
-        except ValueError as exc:
-            raise DataError(f"{path}: not a .npy file ({exc})") from None
-    return header[2].hasobject
-
-
-class MatrixRows:
-    """The rows of an ``[N, D]`` ``.npy`` matrix, read one at a time.
-
-    The file is opened with ``np.load(mmap_mode="r")`` (header, shape and dtype; ``array()`` gives the
-    read-only memmap for whole-matrix work). A row is read with ``os.pread`` of exactly its bytes, so the
-    rows a DataLoader touches never stay mapped in the process: its RSS stays flat over a file of any size
-    (the kernel keeps them in its page cache, which it reclaims as needed). Each process (every DataLoader
-    worker) opens its own descriptor.
-    """
-
-    def __init__(self, path: str):
-        self._fd: Optional[int] = None
-        self._pid: Optional[int] = None
-        try:
-            header = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise DataError(f"{path}: not a plain .npy feature matrix ({exc})") from None
-        if header.ndim < 1 or not header.flags.c_contiguous:
-            raise DataError(f"{path}: expected a C-ordered [N, D] matrix (save it with np.ascontiguousarray)")
-        self.path, self.shape, self.dtype = path, header.shape, header.dtype
-        self._offset = header.offset
-        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        del header
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, row: int) -> np.ndarray:
-        row = int(row)
-        if not 0 <= row < self.shape[0]:
-            raise IndexError(f"row {row} out of range for {self.path} with {self.shape[0]} rows")
-        if self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        data = os.pread(self._fd, self._row_bytes, self._offset + row * self._row_bytes)
-        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
-
-    def array(self) -> np.memmap:
-        """The whole matrix as a read-only memmap (inspection and tests; training reads rows)."""
-        return np.load(self.path, mmap_mode="r")
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fd": None, "_pid": None}  # a descriptor does not cross processes
-
-    def __del__(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
 
 
 class ImageFeatures:
@@ -181,7 +99,7 @@ def load_image_features(path: str) -> ImageFeatures:
     """Open an image-teacher file in either layout (the sidecar decides; else the released dict)."""
     if not os.path.isfile(path):
         raise DataError(f"image feature file not found: {path}")
-    if _npy_is_pickled(path):
+    if npy_is_pickled(path):
         return _load_pickled_dict(path)
     meta = read_meta(path)
     if meta is None:

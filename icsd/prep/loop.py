@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from icsd.features.writer import FeatureWriter
+from icsd.data.feature_file import FeatureWriter
 
 # make_batches(start_row) -> the feature blocks [b, D] of rows start_row, start_row + b, ... in order
 BatchSource = Callable[[int], Iterable[np.ndarray]]

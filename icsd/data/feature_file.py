@@ -1,28 +1,116 @@
-"""The resumable writer of the project's feature layout: a float16 ``[N, D]`` ``.npy`` + sidecar.
+"""The project's feature-file format, read and written (SPEC section 2); the one module that knows it.
 
-While rows are written the matrix lives in ``<path>.partial.npy`` (preallocated with
+A feature file is a float16 ``[N, D]`` ``.npy`` matrix plus a sidecar ``<file>.meta.json`` describing it
+(``model``, ``mode``, ``kind``, ``ids`` of the rows for image features or ``fingerprint`` of the captions
+for text features, ``dim``, ``rows``, ``dtype``). Data loading reads it (``MatrixRows``: rows on demand,
+never the whole file); the preparation tools write it (``FeatureWriter``: resumable).
+
+Writing: while rows are written the matrix lives in ``<path>.partial.npy`` (preallocated with
 ``np.lib.format.open_memmap``, so its header is exactly ``np.save``'s) and ``<path>.progress.json``
 records how many rows are on disk. Rows are written with plain file writes (the process never maps
 the growing file, so its memory stays flat however large the file) and made durable at each
 ``checkpoint()`` (flush + fsync, then the progress file). ``finish()`` renames the partial file to
-``path`` and writes the sidecar (``features.write_meta``: ``model``, ``fingerprint``, ``ids``, ...,
-``dim``, ``rows``, ``dtype``), so ``path`` with its sidecar exists only once complete.
-
-A new writer for the same job (same ``meta``, same row count) continues from the recorded row: rows
-are deterministic functions of their inputs, so the result is byte-identical to an uninterrupted run.
+``path`` and writes the sidecar, so ``path`` with its sidecar exists only once complete. A new writer
+for the same job (same ``meta``, same row count) continues from the recorded row: rows are
+deterministic functions of their inputs, so the result is byte-identical to an uninterrupted run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from typing import Optional
 
 import numpy as np
 
-from icsd.data.features import meta_path, read_meta, write_meta
+from icsd.data.jsonio import read_json
 from icsd.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+META_SUFFIX = ".meta.json"
+
+
+def meta_path(path: str) -> str:
+    return path + META_SUFFIX
+
+
+def read_meta(path: str) -> Optional[dict]:
+    sidecar = meta_path(path)
+    return read_json(sidecar, "sidecar") if os.path.isfile(sidecar) else None
+
+
+def write_meta(path: str, meta: dict) -> None:
+    tmp = meta_path(path) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp, meta_path(path))
+
+
+def npy_is_pickled(path: str) -> bool:
+    """True for an object array (the released pickled dict), from the ``.npy`` header alone."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)(f)
+        except ValueError as exc:
+            raise DataError(f"{path}: not a .npy file ({exc})") from None
+    return header[2].hasobject
+
+
+class MatrixRows:
+    """The rows of an ``[N, D]`` ``.npy`` matrix, read one at a time.
+
+    The file is opened with ``np.load(mmap_mode="r")`` (header, shape and dtype; ``array()`` gives the
+    read-only memmap for whole-matrix work). A row is read with ``os.pread`` of exactly its bytes, so the
+    rows a DataLoader touches never stay mapped in the process: its RSS stays flat over a file of any size
+    (the kernel keeps them in its page cache, which it reclaims as needed). Each process (every DataLoader
+    worker) opens its own descriptor.
+    """
+
+    def __init__(self, path: str):
+        self._fd: Optional[int] = None
+        self._pid: Optional[int] = None
+        try:
+            header = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{path}: not a plain .npy feature matrix ({exc})") from None
+        if header.ndim < 1 or not header.flags.c_contiguous:
+            raise DataError(f"{path}: expected a C-ordered [N, D] matrix (save it with np.ascontiguousarray)")
+        self.path, self.shape, self.dtype = path, header.shape, header.dtype
+        self._offset = header.offset
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        del header
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        row = int(row)
+        if not 0 <= row < self.shape[0]:
+            raise IndexError(f"row {row} out of range for {self.path} with {self.shape[0]} rows")
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        data = os.pread(self._fd, self._row_bytes, self._offset + row * self._row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
+
+    def array(self) -> np.memmap:
+        """The whole matrix as a read-only memmap (inspection and tests; training reads rows)."""
+        return np.load(self.path, mmap_mode="r")
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None, "_pid": None}  # a descriptor does not cross processes
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
 
 PARTIAL_SUFFIX = ".partial.npy"
 PROGRESS_SUFFIX = ".progress.json"
@@ -56,10 +144,6 @@ def is_complete(path: str, meta: dict, rows: int) -> bool:
     return job_identity(recorded, found.get("rows", -1)) == job_identity(meta, rows)
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 class FeatureWriter:
     """Write ``rows`` float16 rows of one width, in order, resumably (see the module docstring).
 
@@ -68,7 +152,8 @@ class FeatureWriter:
     ``flush_every`` batches, progress is made durable (and always on ``checkpoint()``/``close()``).
     """
 
-    def __init__(self, path: str, rows: int, meta: dict, flush_every: int = 20, resume: bool = True, log=_log):
+    def __init__(self, path: str, rows: int, meta: dict, flush_every: int = 20, resume: bool = True,
+                 log=logger.warning):
         if rows <= 0:
             raise DataError(f"{path}: nothing to write (0 rows)")
         self.path = path

@@ -8,10 +8,24 @@ name (``COCO_val2014_000000391895.jpg``, or its stem with ``id_style="stem"``).
 """
 from __future__ import annotations
 
+import argparse
+import logging
 
 from icsd.data.jsonio import read_json
 from icsd.errors import DataError
-from icsd.features.split_writer import image_id_of, image_path_of
+from icsd.prep.common import add_split_output_arguments
+from icsd.prep.split_writer import image_id_of, image_path_of, write_splits
+
+logger = logging.getLogger(__name__)
+
+USAGE = """Split JSONs (one {image_path, caption, image_id} record per caption) from Karpathy's split file,
+after checking that every image exists. COCO: train = train + restval (113,287 images), val 5,000,
+test 5,000. Run from the repository root:
+
+    python -m icsd.prep karpathy --karpathy datasets/coco/dataset_coco.json --root datasets/coco --images images
+    python datasets/prepare_karpathy.py --karpathy datasets/flickr30k/dataset_flickr30k.json \\
+        --root datasets/flickr30k --images flickr30k-images
+"""
 
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
@@ -55,3 +69,18 @@ def karpathy_records(path: str, image_dir: str = "", id_style: str = "filename")
             records.append({"image_path": image_path, "caption": _caption(path, where, sentence),
                             "image_id": image_id})
     return splits
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--karpathy", required=True, help="dataset_coco.json or dataset_flickr30k.json")
+    add_split_output_arguments(parser, "image folder under the root, holding <filepath>/<filename> (COCO: "
+                                       "train2014/, val2014/) or <filename> (Flickr30K)",
+                               "image_id = the image file name (default) or its stem")
+
+
+def run(args: argparse.Namespace) -> None:
+    splits = karpathy_records(args.karpathy, args.images, args.id_style)
+    written = write_splits(splits, args.root, args.out, {name: args.karpathy for name in splits},
+                           check_images=not args.no_check_images)
+    for name, (images, captions, path) in written.items():
+        logger.info(f"{name}: {images} images, {captions} captions -> {path}")

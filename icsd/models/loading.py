@@ -1,0 +1,36 @@
+"""Building the configured model on its device, with weights from a checkpoint when given."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from torch import nn
+
+from icsd.config import Config
+from icsd.distributed import DistEnv
+from icsd.errors import CheckpointError
+from icsd.models.backbone import Backbone
+from icsd.models.icsd_model import ICSDModel, build_model
+
+
+def load_model_weights(model: nn.Module, weights: dict, source: str) -> None:
+    """``load_state_dict`` with a CheckpointError naming the mismatching keys (e.g. PDM on vs off)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        missing = sorted(set(model.state_dict()) - set(weights))
+        unexpected = sorted(set(weights) - set(model.state_dict()))
+        raise CheckpointError(f"{source} does not fit the configured model (missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}{'' if missing or unexpected else f': {exc}'}); is the config "
+                              f"the one it was trained with?") from None
+
+
+def build_model_for(cfg: Config, env: DistEnv, weights: Optional[dict] = None,
+                    source: str = "checkpoint") -> tuple[ICSDModel, Backbone]:
+    """The model on its device, with ``weights`` when given (then no pretrained weights are downloaded)."""
+    if weights is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None))
+    model, backbone = build_model(cfg)
+    if weights is not None:
+        load_model_weights(model, weights, source)
+    return model.to(env.device), backbone

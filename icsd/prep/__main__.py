@@ -1,0 +1,46 @@
+"""``python -m icsd.prep <command> [...]``: the dataset preparation commands (see ``icsd.prep``)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Optional, Sequence
+
+from icsd.cli import run_cli
+
+COMMANDS = {  # command -> module with configure(parser), run(args) and USAGE
+    "karpathy": "icsd.prep.karpathy",
+    "albef": "icsd.prep.albef",
+    "extract-image": "icsd.prep.image",
+    "extract-text": "icsd.prep.text",
+    "convert-pickled": "icsd.prep.pickled",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m icsd.prep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=module.USAGE.split("\n\n")[0].replace("\n", " "),
+                                  description=module.USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.configure(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    return run_cli(lambda: args.run(args))
+
+
+def command(name: str) -> Callable[[Optional[Sequence[str]]], int]:
+    """The ``main(argv)`` of one command, for the scripts in ``datasets/``."""
+    def main_of(argv: Optional[Sequence[str]] = None) -> int:
+        return main([name, *(sys.argv[1:] if argv is None else argv)])
+    return main_of
+
+
+if __name__ == "__main__":
+    sys.exit(main())
