@@ -13,9 +13,11 @@ import yaml
 from icsd.checkpoint import load_checkpoint
 from icsd.cli import report_error, run_main
 from icsd.config import config_to_dict, load_config
+from icsd.data.check import check_data
 from icsd.errors import CheckpointError, ICSDError
 from icsd.evaluate import run_evaluation
 from icsd.logger import setup_logging
+from icsd.losses import needs_teacher_features
 from icsd.trainer import resolve_resume, run_training
 
 EPILOG = """Every config key, its default and meaning: README.md, section "Config reference" (the schema is
@@ -31,6 +33,9 @@ def parse_args(argv):
     parser.add_argument("--resume", default=None, help="'auto' (the run folder's last checkpoint) or a path")
     parser.add_argument("--eval", action="store_true", help="only evaluate (the --resume checkpoint, if any)")
     parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    parser.add_argument("--check-data", action="store_true",
+                        help="check the configured splits (records, teacher features) and decode every image in "
+                             "parallel (data.num_workers); list every failure and exit")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (after _base_ and --opts) as YAML and exit")
     return parser.parse_args(argv)
@@ -49,7 +54,9 @@ def main(argv=None) -> int:
         return 0
 
     def body(env):
-        if args.eval:
+        if args.check_data:
+            check_data(cfg, with_teachers=needs_teacher_features(cfg.loss))
+        elif args.eval:
             checkpoint = resolve_resume(args.resume, cfg.run_dir)
             if args.resume is not None and checkpoint is None:
                 raise CheckpointError(f"--eval --resume auto: no {cfg.run_dir}/checkpoint_last.pth to evaluate")

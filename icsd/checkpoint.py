@@ -4,36 +4,55 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import zipfile
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from icsd.errors import CheckpointError
 
+TMP_SUFFIX = ".tmp"
 
-def save_checkpoint(state: dict, path: str) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    tmp = f"{path}.tmp"
+
+def save_checkpoint(state: dict, path: str, before_rename: Optional[Callable[[], None]] = None) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves half a file
+    under ``path`` (a leftover ``.tmp`` is removed by the next start of the run)."""
+    tmp = path + TMP_SUFFIX
     torch.save(state, tmp)
+    if before_rename is not None:
+        before_rename()
     os.replace(tmp, path)
 
 
-def copy_checkpoint(src: str, dst: str) -> None:
-    """Copy a written checkpoint (cheaper than serialising it again), atomically."""
-    tmp = f"{dst}.tmp"
-    shutil.copyfile(src, tmp)
+def link_checkpoint(src: str, dst: str) -> None:
+    """Make ``dst`` the same file as ``src``: a hard link (instant, no extra disk), or a copy where the file
+    system has none; atomically (temp name, then rename), so ``dst`` is always a whole checkpoint. A later
+    ``save_checkpoint(src)`` replaces ``src`` by a new file and leaves ``dst`` as it was."""
+    tmp = dst + TMP_SUFFIX
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 
 
 def load_checkpoint(path: str) -> dict:
-    """The checkpoint's dict, memory-mapped: tensors that are never used (e.g. the optimizer state when
-    only evaluating) are never read."""
+    """The checkpoint's dict, memory-mapped (tensors never used, such as the optimizer state when only
+    evaluating, are never read); a legacy (non-zip) torch file is read without mmap."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    is_zip = zipfile.is_zipfile(path)  # torch.save's format since 1.6; mmap needs it
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=is_zip)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        if not is_zip:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor "
+                                  f"a legacy torch file)") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} is a damaged PyTorch checkpoint ({reason[:200]})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not an ICSD checkpoint (no 'model' entry)")
     return state

@@ -1,21 +1,25 @@
-"""One training epoch: forward, (gathered) loss terms, backward, optimizer step, temperature clamping."""
+"""One training epoch: forward, (gathered) loss terms, backward, optimizer step, temperature clamping;
+stopping at a step boundary on a signal or an unreadable image, with the position to resume from."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
-from typing import Iterable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from icsd.amp import autocast
 from icsd.config import Config
 from icsd.distributed import DistEnv, all_gather_no_grad, all_gather_with_grad, all_reduce_sum
-from icsd.errors import TrainingError
+from icsd.errors import ImageReadError, TrainingError
 from icsd.losses import LossInputs, icsd_loss, loss_inputs
+from icsd.preemption import StopControl
+from icsd.progress import Progress, peak_memory_gb
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -47,62 +51,144 @@ def _check_finite(sums: torch.Tensor, names: list[str], epoch: int, step: int) -
                             f"The last checkpoint written is intact; try a lower lr, grad_clip or fp32.")
 
 
+@dataclass
+class EpochState:
+    """Where an epoch stands. A recovery checkpoint saves it (``as_dict``); a resumed run continues from it
+    with the same loss sums, so the epoch's logged means equal an uninterrupted run's."""
+
+    epoch: int
+    num_updates: int             # optimizer steps since the start of training
+    lr: float                    # at the start of the epoch (what the log reports)
+    update: int = 0              # optimizer steps done in this epoch
+    names: list = field(default_factory=list)
+    sums: list = field(default_factory=list)  # per-term loss sums over this rank's micro-steps so far
+    seconds: float = 0.0
+    data_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EpochStop:
+    """The epoch stopped early at an optimizer-step boundary: on a signal, or because a rank could not read
+    its next batch (``error`` on that rank)."""
+
+    state: EpochState
+    signum: int = 0
+    error: Optional[Exception] = None
+
+
+def _fetch(batches: Iterator, count: int) -> tuple[Optional[list], Optional[ImageReadError]]:
+    """The micro-batches of the next optimizer step, or the unreadable-image error met while loading them."""
+    try:
+        return [next(batches) for _ in range(count)], None
+    except ImageReadError as exc:
+        return None, exc
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, scaler, cfg: Config, env: DistEnv,
-                    epoch: int, num_updates: int, updates_per_epoch: int) -> tuple[dict, int]:
-    """Train ``updates_per_epoch`` optimizer steps. Returns (epoch means of every loss term, num_updates).
+                    state: EpochState, updates_per_epoch: int, control: StopControl,
+                    on_update: Optional[Callable[[EpochState], None]] = None,
+                    on_log: Optional[Callable[[dict, int], None]] = None) -> dict | EpochStop:
+    """Train the optimizer steps ``state.update .. updates_per_epoch`` of the epoch (``loader`` yields the
+    remaining batches). Returns the epoch means of every loss term with timings, or an ``EpochStop``.
 
     Loss terms are summed on the device and synchronised only every ``train.log_every`` steps (progress
-    bar and non-finite check), never with a per-step ``.item()``.
+    line, trackers, non-finite check), never with a per-step ``.item()``. ``on_update(state)`` runs after
+    each optimizer step (periodic recovery checkpoints); ``on_log(scalars, step)`` at each log interval.
     """
     model.train()
     t = cfg.train
-    accum, steps = t.accum_steps, updates_per_epoch * t.accum_steps
-    sums: Optional[torch.Tensor] = None
-    names: list[str] = []
+    accum = t.accum_steps
+    names = list(state.names)
+    sums = torch.tensor(state.sums, dtype=torch.float32, device=env.device) if state.sums else None
+    seconds, data_seconds, done_before = state.seconds, state.data_seconds, state.update
+    batches = iter(loader)
+    progress = Progress(state.epoch, t.epochs, updates_per_epoch, state.update, enabled=env.is_main)
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not env.is_main, dynamic_ncols=True, leave=False)
-    with bar:
-        for step, batch in zip(range(steps), loader):
-            # non_blocking: with pinned host memory the copy overlaps the previous step's GPU work.
-            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
-            last_micro = (step + 1) % accum == 0
-            # DDP all-reduces gradients inside backward(); on the micro-steps before an optimizer step that
-            # would be wasted communication, so gradients accumulate locally and sync on the last one.
-            no_sync = env.distributed and not last_micro
-            with model.no_sync() if no_sync else contextlib.nullcontext():
-                with autocast(t.precision, env.device):
-                    out = model(batch["image"], batch["tokens"])
-                # The loss runs outside autocast: its softmaxes over temperature-scaled logits are computed
-                # in fp32 (icsd_loss casts the features), whatever the precision of the encoders.
-                terms = compute_loss_terms(out, batch, cfg)
-                scaler.scale(terms["loss"] / accum).backward()  # / accum: the update sees the mean gradient
-            if last_micro:
-                if t.grad_clip is not None:
-                    scaler.unscale_(optimizer)  # clip the true gradient, not the fp16 loss-scaled one
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                # Clamp after the step, not in forward: the optimizer may push a temperature out of its
-                # range, and clamping the stored value keeps AdamW's state consistent with what is used.
-                unwrap(model).clamp_temperatures_()
-                num_updates += 1
-                scheduler.step_update(num_updates)
-            # Loss terms accumulate on the device: reading them (.item()) every step would make the host
-            # wait for the GPU and drain the queue of launched kernels.
-            detached = torch.stack([v.detach().float() for v in terms.values()])
-            if sums is None:
-                names, sums = list(terms), torch.zeros_like(detached)
-            sums += detached
-            if (step + 1) % t.log_every == 0 or step + 1 == steps:
+
+    def snapshot(update: int) -> EpochState:
+        now = time.perf_counter()
+        return EpochState(state.epoch, num_updates, state.lr, update, names,
+                          sums.tolist() if sums is not None else [], seconds + now - start, data_seconds)
+
+    num_updates = state.num_updates
+    try:
+        for update in range(state.update, updates_per_epoch):
+            fetch_start = time.perf_counter()
+            micro_batches, error = _fetch(batches, accum)
+            data_seconds += time.perf_counter() - fetch_start  # host time blocked waiting for the loader
+            # One tiny all-reduce per step: every rank stops at the same step boundary, on any rank's signal
+            # or unreadable image, so the recovery checkpoint is written from a consistent state.
+            signum, failed = control.should_stop(failed=error is not None)
+            if signum or failed:
+                return EpochStop(snapshot(update), signum, error)
+            for micro, batch in enumerate(micro_batches):
+                # non_blocking: with pinned host memory the copy overlaps the previous step's GPU work.
+                batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+                # DDP all-reduces gradients inside backward(); on the micro-steps before an optimizer step
+                # that would be wasted communication, so gradients accumulate locally and sync on the last.
+                no_sync = env.distributed and micro < accum - 1
+                with model.no_sync() if no_sync else contextlib.nullcontext():
+                    with autocast(t.precision, env.device):
+                        out = model(batch["image"], batch["tokens"])
+                    # The loss runs outside autocast: its softmaxes over temperature-scaled logits are computed
+                    # in fp32 (icsd_loss casts the features), whatever the precision of the encoders.
+                    terms = compute_loss_terms(out, batch, cfg)
+                    scaler.scale(terms["loss"] / accum).backward()  # / accum: the update sees the mean gradient
+                # Loss terms accumulate on the device: reading them (.item()) every step would make the host
+                # wait for the GPU and drain the queue of launched kernels.
+                detached = torch.stack([v.detach().float() for v in terms.values()])
+                if sums is None:
+                    names, sums = list(terms), torch.zeros_like(detached)
+                sums += detached
+            if t.grad_clip is not None:
+                scaler.unscale_(optimizer)  # clip the true gradient, not the fp16 loss-scaled one
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            # Clamp after the step, not in forward: the optimizer may push a temperature out of its range,
+            # and clamping the stored value keeps AdamW's state consistent with what is used.
+            unwrap(model).clamp_temperatures_()
+            num_updates += 1
+            scheduler.step_update(num_updates)
+            progress.advance()
+            step = update + 1
+            if step % t.log_every == 0 or step == updates_per_epoch:
                 # The one host sync of the interval; all ranks reduce here, so all stop together on a NaN.
-                _check_finite(sums, names, epoch, step + 1)
-                bar.set_postfix(loss=f"{sums[names.index('loss')].item() / (step + 1):.4f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            bar.update(1)
-    seconds = time.perf_counter() - start
-    means = (all_reduce_sum(sums) / (env.world_size * steps)).tolist()
+                _check_finite(sums, names, state.epoch, step * accum)
+                elapsed = seconds + time.perf_counter() - start
+                scalars = _interval_scalars(sums, names, step * accum, optimizer, elapsed, data_seconds,
+                                            (step - done_before) * accum * t.batch_size * env.world_size,
+                                            time.perf_counter() - start, env)
+                scalars["eta_seconds"] = (updates_per_epoch - step) * (time.perf_counter() - start) / max(
+                    1, step - done_before)
+                progress.update(step, scalars)
+                if on_log is not None:
+                    on_log(scalars, num_updates)
+            if on_update is not None and step < updates_per_epoch:
+                on_update(snapshot(step))
+    finally:
+        progress.close()
+    seconds += time.perf_counter() - start
+    micro_steps = updates_per_epoch * accum
+    means = (all_reduce_sum(sums) / (env.world_size * micro_steps)).tolist()
     stats = dict(zip(names, means))
     stats["seconds_training"] = seconds
-    stats["samples_per_second"] = steps * t.batch_size * env.world_size / seconds
-    return stats, num_updates
+    stats["samples_per_second"] = micro_steps * t.batch_size * env.world_size / seconds
+    stats["data_time_share"] = data_seconds / seconds
+    stats["num_updates"] = num_updates
+    return stats
+
+
+def _interval_scalars(sums: torch.Tensor, names: list[str], micro_steps: int, optimizer, elapsed: float,
+                      data_seconds: float, samples: int, interval_seconds: float, env: DistEnv) -> dict:
+    """This rank's running means of the loss terms and the speed figures the progress line and trackers show."""
+    values = dict(zip(names, (sums / micro_steps).tolist()))
+    values["lr"] = optimizer.param_groups[0]["lr"]
+    values["samples_per_second"] = samples / max(interval_seconds, 1e-9)
+    values["data_share"] = data_seconds / max(elapsed, 1e-9)
+    values["memory_gb"] = peak_memory_gb(env.device)
+    return values

@@ -29,5 +29,9 @@ class CheckpointError(ICSDError):
     """A missing or unusable checkpoint or weights file."""
 
 
+class OtherRankFailed(ICSDError):
+    """This rank stops because another one met an error (which that rank reports); it exits quietly."""
+
+
 class TrainingError(ICSDError):
     """A run that cannot continue (for example a non-finite loss)."""

@@ -65,7 +65,10 @@ def load_split(name: str, path: str, root: str, max_words: int = 64, check_image
         missing = [k for k in REQUIRED_FIELDS if k not in rec]
         if missing:
             raise DataError(f"{path}: record {i} has no field {', '.join(repr(m) for m in missing)}")
-        caption = preprocess_caption(str(rec["caption"]), max_words)
+        if not isinstance(rec["caption"], str):
+            raise DataError(f"{path}: record {i} (image_id {rec['image_id']!r}): the caption must be a string, "
+                            f"got {type(rec['caption']).__name__} {rec['caption']!r}")
+        caption = preprocess_caption(rec["caption"], max_words)
         if not caption:
             raise DataError(f"{path}: record {i} (image_id {rec['image_id']!r}) has an empty caption "
                             f"after preprocessing: {rec['caption']!r}")

@@ -112,6 +112,23 @@ class MatrixRows:
             os.close(self._fd)
 
 
+FLOAT16_MAX = 65504.0
+CHECKED_FINITE = "checked_finite"  # sidecar flag of the writer: every row was finite and within float16's range
+
+
+def first_bad_row(matrix: MatrixRows, chunk_rows: int = 1024) -> Optional[int]:
+    """The first row holding a NaN, an infinity or a value beyond float16's range, or None; read in chunks
+    (the whole file is scanned, never held: a feature file can be larger than memory)."""
+    array = matrix.array()
+    for start in range(0, len(array), chunk_rows):
+        block = np.asarray(array[start:start + chunk_rows], dtype=np.float32)
+        block = block.reshape(len(block), -1)
+        bad = ~(np.isfinite(block) & (np.abs(block) <= FLOAT16_MAX)).all(axis=1)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
+
+
 PARTIAL_SUFFIX = ".partial.npy"
 PROGRESS_SUFFIX = ".progress.json"
 DTYPE = np.float16
@@ -140,7 +157,7 @@ def is_complete(path: str, meta: dict, rows: int) -> bool:
     found = read_meta(path) if os.path.isfile(path) else None
     if found is None:
         return False
-    recorded = {k: v for k, v in found.items() if k not in ("dim", "rows", "dtype")}
+    recorded = {k: v for k, v in found.items() if k not in ("dim", "rows", "dtype", CHECKED_FINITE)}
     return job_identity(recorded, found.get("rows", -1)) == job_identity(meta, rows)
 
 
@@ -281,7 +298,8 @@ class FeatureWriter:
         if os.path.exists(meta_path(self.path)):
             os.remove(meta_path(self.path))  # never a new matrix beside an old sidecar
         os.replace(self.partial_path, self.path)
-        write_meta(self.path, {**self.meta, "dim": int(self.dim), "rows": self.rows, "dtype": "float16"})
+        write_meta(self.path, {**self.meta, "dim": int(self.dim), "rows": self.rows, "dtype": "float16",
+                               CHECKED_FINITE: True})
         os.remove(self.progress_path)
 
 

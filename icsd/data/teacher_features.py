@@ -13,13 +13,46 @@ teacher is refused, never silently used.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional, Sequence
 
 import numpy as np
 
-from icsd.data.feature_file import MatrixRows, meta_path, npy_is_pickled, read_meta
+from icsd.data.feature_file import (
+    CHECKED_FINITE,
+    FLOAT16_MAX,
+    MatrixRows,
+    first_bad_row,
+    meta_path,
+    npy_is_pickled,
+    read_meta,
+)
 from icsd.errors import DataError
+from icsd.logger import env_rank
+
+logger = logging.getLogger(__name__)
+
+
+def _bad_value(vector: np.ndarray) -> Optional[str]:
+    """What is wrong with a feature vector, if anything: the loader sends teacher features as float16."""
+    values = np.asarray(vector, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return "is not finite (NaN or infinity)"
+    if np.abs(values).max(initial=0) > FLOAT16_MAX:
+        return f"has a value beyond float16's range (|x| = {np.abs(values).max():.4g} > {FLOAT16_MAX:g})"
+    return None
+
+
+def _check_matrix(matrix: MatrixRows, meta: dict, describe_row) -> None:
+    """Scan a feature matrix for NaN, infinite or out-of-range values (skipped when its sidecar says the
+    project's writer already checked every row), naming the first bad row with ``describe_row(row)``."""
+    if meta.get(CHECKED_FINITE) is True:
+        return
+    row = first_bad_row(matrix)
+    if row is not None:
+        problem = _bad_value(np.asarray(matrix[row]))
+        raise DataError(f"{matrix.path}: the feature of {describe_row(row)} {problem}")
 
 
 class ImageFeatures:
@@ -64,6 +97,12 @@ def read_pickled_dict(path: str) -> dict:
 
 
 def _load_pickled_dict(path: str) -> ImageFeatures:
+    if env_rank() == 0:  # said once, not by every process of a job
+        size = os.path.getsize(path)
+        logger.warning(f"warning: {path} ({size / 1e9:.1f} GB) is a pickled dict: every process unpickles it "
+                       f"whole into memory. Convert it once to the memory-mapped layout: python -m icsd.prep "
+                       f"convert-pickled {path} {os.path.splitext(path)[0]}_mmap.npy (then point "
+                       f"data.image_features at the new file)")
     data = read_pickled_dict(path)
     ids, rows, dim = [], [], None
     for key, value in data.items():
@@ -77,6 +116,9 @@ def _load_pickled_dict(path: str) -> ImageFeatures:
         elif value.size != dim:
             raise DataError(f"{path}: feature of image_id {str(key)!r} has dimension {value.size}, "
                             f"the others have {dim}")
+        problem = _bad_value(value)
+        if problem:
+            raise DataError(f"{path}: the feature of image_id {str(key)!r} {problem}")
         ids.append(str(key))
         rows.append(value)
     return ImageFeatures(path, ids, dim, rows)
@@ -92,6 +134,7 @@ def _load_matrix(path: str, meta: dict) -> ImageFeatures:
                         f"({matrix.shape[0]} rows, got {len(ids) if isinstance(ids, list) else ids!r})")
     if "dim" in meta and meta["dim"] != matrix.shape[1]:
         raise DataError(f"{path}: sidecar says dim {meta['dim']}, the matrix has {matrix.shape[1]} columns")
+    _check_matrix(matrix, meta, lambda row: f"image_id {str(ids[row])!r} (row {row})")
     return ImageFeatures(path, [str(i) for i in ids], int(matrix.shape[1]), matrix)
 
 
@@ -127,4 +170,5 @@ def load_text_features(path: str, fingerprint: str, num_records: int, teacher: O
     matrix = MatrixRows(path)
     if matrix.ndim != 2 or matrix.shape[0] != num_records:
         raise DataError(f"{path}: expected [{num_records}, D] text features, got shape {matrix.shape}")
+    _check_matrix(matrix, meta, lambda row: f"caption record {row}")
     return matrix
