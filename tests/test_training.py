@@ -14,7 +14,7 @@ from icsd.checkpoint import load_checkpoint
 
 from conftest import EXAMPLE_CONFIG, tiny_overrides
 
-TIMING_KEYS = {"epoch_seconds", "seconds_training", "samples_per_second"}
+TIMING_KEYS = {"epoch_seconds", "seconds_training", "samples_per_second", "data_time_share"}
 
 
 def run(tmp_path, name, *opts, resume=None, extra=()):
