@@ -136,7 +136,8 @@ def is_run_folder(path: str) -> bool:
 
 def find_run_folders(patterns: list[str]) -> list[str]:
     """Run folders named by paths or globs; a folder that is not a run folder is searched one level down
-    (``output/example/`` finds every run of the example configs). Sorted, without duplicates."""
+    (``output/example/`` finds every run of the example configs). In the order given (a glob's or a
+    folder's matches sorted), without duplicates: the report lists configs in that order."""
     found: list[str] = []
     for pattern in patterns:
         paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
@@ -155,7 +156,7 @@ def find_run_folders(patterns: list[str]) -> list[str]:
                 if not children and not glob.has_magic(pattern):
                     raise ReportError(f"{path} is not a run folder (no {LOG} or {CONFIG}) and holds none")
                 found.extend(os.path.normpath(c) for c in children)
-    return sorted(set(found))
+    return list(dict.fromkeys(found))
 
 
 def load_runs(patterns: list[str]) -> list[Run]:
@@ -173,11 +174,12 @@ def load_runs(patterns: list[str]) -> list[Run]:
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs by group, groups and their runs in path order."""
+    """Runs by group: groups in the order their first run comes, each group's runs by seed."""
     groups: dict[str, list[Run]] = {}
-    for run in sorted(runs, key=lambda r: (r.group, r.seed if r.seed is not None else -1, r.path)):
+    for run in runs:
         groups.setdefault(run.group, []).append(run)
-    return groups
+    return {g: sorted(members, key=lambda r: (r.seed if r.seed is not None else -1, r.path))
+            for g, members in groups.items()}
 
 
 def short_names(groups: list[str]) -> dict[str, str]:
