@@ -118,8 +118,13 @@ def read_run(path: str) -> Run:
     config = {}
     config_path = os.path.join(path, CONFIG)
     if os.path.isfile(config_path):
-        with open(config_path) as f:
-            config = yaml.load(f, Loader=_YAML_LOADER) or {}
+        try:
+            with open(config_path) as f:
+                config = yaml.load(f, Loader=_YAML_LOADER) or {}
+        except yaml.YAMLError as exc:
+            raise ReportError(f"{config_path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        if not isinstance(config, dict):
+            raise ReportError(f"{config_path}: not a config mapping")
     eval_results: dict[str, dict[str, float]] = {}
     for eval_path in sorted(glob.glob(os.path.join(path, EVAL_JSON_PATTERN))):
         eval_results.update(read_eval_json(eval_path))

@@ -158,3 +158,8 @@ def test_user_errors_are_one_line(tmp_path, runs, capsys):
     assert err[1] == "error: --baseline contrastive: no finished run group of that name (groups: icsd)"
     with pytest.raises(ReportError, match="no run folder with a log.jsonl"):
         load_runs([str(tmp_path / "started_seed1")])
+    capsys.readouterr()
+    (tmp_path / "icsd_seed1" / "config.yaml").write_text("train: [epochs\n")
+    assert report.main([str(tmp_path / "icsd_seed1")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'icsd_seed1' / 'config.yaml'}: not valid YAML")
