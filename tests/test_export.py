@@ -53,6 +53,18 @@ def test_export_folder_gives_the_checkpoint_metrics_exactly(exported, tmp_path, 
     assert "already holds an export" in capsys.readouterr().err
 
 
+def test_shared_and_non_contiguous_tensors_are_exported_as_plain_copies(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base = torch.arange(12.0).reshape(3, 4)
+    tied = {"encoder.weight": base, "decoder.weight": base, "transposed": base.t()}  # shared storage, a view
+    with pytest.raises(Exception):
+        save_file(tied, str(tmp_path / "raw.safetensors"))
+    save_file(export.plain_tensors(tied), str(tmp_path / "plain.safetensors"))
+    loaded = load_file(str(tmp_path / "plain.safetensors"))
+    assert all(torch.equal(loaded[k], v) for k, v in tied.items())
+
+
 def test_loads_in_a_fresh_process_without_training_code(exported):
     _, folder = exported
     code = ("import sys, icsd; light = 'torch' not in sys.modules; m = icsd.load_pretrained(sys.argv[1]); "

@@ -102,6 +102,9 @@ def test_single_seed_shows_no_std(runs, capsys):
     assert report.main([runs["icsd"][0], "--csv"]) == 0
     (record,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
     assert record["test_rsum_std"] == "" and float(record["test_rsum_mean"]) == best_record(runs["icsd"][0])["test_rsum"]
+    assert report.main([runs["icsd"][0], "--json", "--split-val", "test"]) == 0  # another split in the val columns
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["val"]["rsum"]["mean"] == best_record(runs["icsd"][0])["test_rsum"]
 
 
 def test_unfinished_run_is_marked_and_not_averaged(runs, tmp_path, capsys):
