@@ -22,7 +22,7 @@ from typing import Optional
 from icsd.config import load_config
 from icsd.errors import ICSDError
 from icsd.report import report
-from icsd.runs import LAST_CHECKPOINT, LOG, read_log
+from icsd.runs import LAST_CHECKPOINT, LOG, SEED_SUFFIX, read_log
 
 RETRIEVAL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "retrieval.py")
 
@@ -102,6 +102,9 @@ def main(argv=None) -> int:
         if args.nproc is not None and args.nproc < 1:
             raise ICSDError("--nproc must be >= 1")
         jobs = plan(args.configs, args.seeds or [None], args.opts, args.nproc)
+        names = {os.path.basename(SEED_SUFFIX.sub("", os.path.normpath(job.run_dir))) for job in jobs}
+        if args.baseline is not None and args.baseline not in names:  # found out now, not after the runs
+            raise ICSDError(f"--baseline {args.baseline} is none of the runs' configs ({', '.join(sorted(names))})")
         code = run_jobs(jobs, args.dry_run)
         if code != 0 or args.dry_run:
             return code

@@ -70,4 +70,7 @@ def test_commands_and_early_errors(tmp_path, capsys):
     assert ablate.main(["--configs", os.path.join(REPO, "configs", "example", "icsd.yaml"),
                         str(tmp_path / "typo.yaml"), "--dry-run"]) == 1
     assert capsys.readouterr().err == f"error: config file not found: {tmp_path / 'typo.yaml'}\n"
+    assert ablate.main(["--configs", os.path.join(REPO, "configs", "example", "icsd.yaml"), "--baseline",
+                        "contrastive", "--dry-run"]) == 1
+    assert capsys.readouterr().err == "error: --baseline contrastive is none of the runs' configs (icsd)\n"
     assert sys.executable == ablate.plan([os.path.join(REPO, "configs", "example", "icsd.yaml")], [None], [])[0].command[0]
