@@ -8,17 +8,18 @@ import argparse
 import json
 import sys
 
-from icsd.checkpoint import load_checkpoint
 from icsd.cli import report_error, run_main
 from icsd.config import apply_overrides, config_from_dict, load_config
 from icsd.errors import ICSDError
 from icsd.evaluate import run_evaluation
 from icsd.logger import setup_logging
+from icsd.pretrained import load_checkpoint_or_export
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="an ICSD checkpoint (.pth)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="an ICSD checkpoint (.pth) or an export folder (python -m icsd.export)")
     parser.add_argument("--config", default=None, help="YAML config (default: the one saved in the checkpoint)")
     parser.add_argument("--opts", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
     parser.add_argument("--split", nargs="+", default=["test"], help="split(s) to evaluate (default: test)")
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging()
     try:
-        state = load_checkpoint(args.checkpoint)
+        state = load_checkpoint_or_export(args.checkpoint)
         if args.config is not None:
             cfg = load_config(args.config, args.opts)
         elif state.get("config") is not None:

@@ -8,21 +8,13 @@ from typing import Callable
 
 import torch.distributed as dist
 
+from icsd.command import run_command, user_message
 from icsd.distributed import DistEnv, init_distributed, shutdown
 from icsd.errors import ICSDError, OtherRankFailed
 from icsd.logger import env_rank, setup_logging
 from icsd.preemption import Preempted, exit_code, install_raising_handlers
 
 logger = logging.getLogger(__name__)
-
-
-def user_message(exc: ICSDError) -> str:
-    """The error's message; for one re-raised from a DataLoader worker (whose message carries the worker's
-    traceback), its last line without the exception's class name."""
-    message = str(exc).strip()
-    if "Original Traceback" in message:
-        message = message.splitlines()[-1].split(": ", 1)[-1]
-    return message
 
 
 def report_error(exc: ICSDError) -> None:
@@ -35,14 +27,9 @@ def report_error(exc: ICSDError) -> None:
 def run_cli(body: Callable[[], object]) -> int:
     """Run a single-process command (the preparation tools): ``error: ...`` and exit status 1 on bad input;
     Ctrl-C, SIGTERM or SIGUSR1 stop it with one line (an extraction keeps its rows: rerun to continue)."""
-    setup_logging(0)
     previous = install_raising_handlers()
     try:
-        body()
-        return 0
-    except ICSDError as exc:
-        report_error(exc)
-        return 1
+        return run_command(body)
     except KeyboardInterrupt as exc:
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
         logger.error(f"stopped by {signal.Signals(signum).name}: the work done so far is saved; rerun the same "

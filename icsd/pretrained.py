@@ -1,0 +1,116 @@
+"""Load an exported model folder (``python -m icsd.export``): ``model.safetensors`` + ``config.yaml``.
+
+    import icsd
+    model = icsd.load_pretrained("exports/icsd_coco")   # an ICSDModel in eval mode, on CPU
+
+Only the model code is imported here (no trainer, engine or optimizer), and no pretrained weights are
+downloaded: the model is built with random init from the exported config, then loaded strictly.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import yaml
+
+from icsd.errors import CheckpointError, ICSDError
+
+WEIGHTS, CONFIG, INFO = "model.safetensors", "config.yaml", "export.json"
+FORMAT, FORMAT_VERSION = "icsd-export", 1
+
+
+class ExportError(CheckpointError):
+    """A missing, partial or corrupted export folder."""
+
+
+def read_export_config(folder: str) -> dict:
+    """The exported config as a dict (the resolved config, ``model.pretrained`` null)."""
+    path = os.path.join(folder, CONFIG)
+    if not os.path.isfile(path):
+        raise ExportError(f"{folder} is not a complete ICSD export: {CONFIG} is missing")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExportError(f"{folder}: {CONFIG} is not readable YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ExportError(f"{folder}: {CONFIG} is not a config mapping")
+    return raw
+
+
+def read_export_info(folder: str) -> dict:
+    path = os.path.join(folder, INFO)
+    if not os.path.isfile(path):
+        raise ExportError(f"{folder} is not a complete ICSD export: {INFO} is missing (interrupted export?)")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{folder}: {INFO} is not readable JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ExportError(f"{folder}: {INFO} does not describe an ICSD export")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ExportError(f"{folder}: export format version {info.get('format_version')} is not supported "
+                          f"(this code reads version {FORMAT_VERSION})")
+    return info
+
+
+def read_export_weights(folder: str, info: dict) -> dict:
+    """The state dict, with the file's size checked against the export record first (a truncated copy
+    is named as such rather than as a parse error)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, WEIGHTS)
+    if not os.path.isfile(path):
+        raise ExportError(f"{folder} is not a complete ICSD export: {WEIGHTS} is missing")
+    expected = info.get("weights_bytes")
+    if expected is not None and os.path.getsize(path) != expected:
+        raise ExportError(f"{folder}: {WEIGHTS} has {os.path.getsize(path)} bytes, the export wrote {expected} "
+                          f"(truncated or corrupted copy)")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ExportError(f"{folder}: {WEIGHTS} is not a readable safetensors file ({exc})") from None
+
+
+def read_export(folder: str) -> dict:
+    """``{"model": state_dict, "config": dict, "export": info}``: what a checkpoint holds for evaluation."""
+    if not os.path.isdir(folder):
+        raise ExportError(f"export folder not found: {folder}")
+    info = read_export_info(folder)
+    config = read_export_config(folder)
+    return {"model": read_export_weights(folder, info), "config": config, "export": info,
+            "epoch": info.get("epoch")}
+
+
+def load_checkpoint_or_export(path: str) -> dict:
+    """A ``.pth`` checkpoint's dict, or an export folder read as one (``model`` and ``config`` entries)."""
+    if os.path.isdir(path):
+        return read_export(path)
+    from icsd.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def load_pretrained(folder: str, device: Optional[str] = "cpu"):
+    """The exported ICSDModel, weights loaded strictly, in eval mode on ``device``."""
+    import torch
+
+    from icsd.config import config_from_dict
+    from icsd.distributed import DistEnv
+    from icsd.models import build_model_for
+
+    state = read_export(folder)
+    raw = state["config"]
+    raw.setdefault("model", {})["pretrained"] = None  # never download: the weights are in the folder
+    try:
+        cfg = config_from_dict(raw, f"{folder}/{CONFIG}")
+    except ICSDError as exc:
+        raise ExportError(f"{folder}: {CONFIG} is not a valid config ({exc})") from None
+    try:
+        model, _ = build_model_for(cfg, DistEnv(device=torch.device(device)), state["model"], f"{folder}/{WEIGHTS}")
+    except CheckpointError as exc:
+        raise ExportError(f"{folder}: the weights do not fit its {CONFIG}: {exc}") from None
+    return model.eval()

@@ -1,0 +1,204 @@
+"""Reading finished or running run folders (``config.yaml``, ``log.jsonl``, eval JSONs) without torch.
+
+Kept free of torch and the model code so that ``icsd.report`` and ``icsd.plot`` start in well under a
+second and read hundreds of run folders quickly.
+
+Conventions (documented in the README):
+
+- a run folder is a folder holding ``log.jsonl`` or ``config.yaml`` (what ``retrieval.py`` writes);
+- runs are grouped by their run folder path without the ``_seed{N}`` suffix (that is, by the config's
+  ``output_dir``): the seeds of one config form one group;
+- ``eval_best*.json`` files in a run folder are ``evaluation.py --out`` results of ``checkpoint_best.pth``
+  (``evaluation.py --checkpoint RUN/checkpoint_best.pth --split test --out RUN/eval_best.json``); their
+  splits replace the log's metrics of the best epoch for those splits.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import yaml
+
+from icsd.errors import ICSDError
+
+logger = logging.getLogger(__name__)
+
+LOG, CONFIG, LAST_CHECKPOINT = "log.jsonl", "config.yaml", "checkpoint_last.pth"
+EVAL_JSON_PATTERN = "eval_best*.json"
+SEED_SUFFIX = re.compile(r"_seed(\d+)$")
+# The C loader when PyYAML has it: reading 100 configs then costs milliseconds, not a second.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class ReportError(ICSDError):
+    """Run folders that cannot be reported: none found, an unknown baseline, a bad eval JSON."""
+
+
+@dataclass
+class Run:
+    """One run folder as read from disk."""
+
+    path: str
+    group: str  # the run folder path without its _seed{N} suffix
+    seed: Optional[int]
+    config: dict
+    records: list[dict]  # the log's lines, one per epoch, in epoch order (epoch 0: before training)
+    eval_results: dict[str, dict[str, float]] = field(default_factory=dict)  # from eval_best*.json
+
+    @property
+    def last_epoch(self) -> int:
+        return self.records[-1]["epoch"] if self.records else 0
+
+    @property
+    def epochs(self) -> Optional[int]:
+        value = self.config.get("train", {}).get("epochs")
+        return value if isinstance(value, int) else None
+
+    @property
+    def finished(self) -> bool:
+        """The log reached ``train.epochs`` (a run without a readable config counts as finished)."""
+        return self.epochs is None or self.last_epoch >= self.epochs
+
+    @property
+    def best_epoch(self) -> Optional[int]:
+        """The epoch the trainer selected (``best_epoch`` of the log's last line), as checkpoint_best."""
+        for record in reversed(self.records):
+            if record.get("best_epoch") is not None:
+                return record["best_epoch"]
+        return None
+
+    def split_metrics(self, split: str) -> dict[str, float]:
+        """``split``'s metrics of the best checkpoint: an eval JSON's when there is one, else the best
+        epoch's log line's; {} when neither holds the split."""
+        if split in self.eval_results:
+            return dict(self.eval_results[split])
+        best = self.best_epoch
+        record = next((r for r in self.records if r.get("epoch") == best), None) if best is not None else None
+        if record is None:
+            return {}
+        prefix = f"{split}_"
+        return {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)
+                and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def read_log(path: str) -> list[dict]:
+    """The log's records by epoch (a later line for an epoch replaces an earlier one; a line cut short by
+    a crash is ignored, as the trainer does)."""
+    by_epoch: dict[int, dict] = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                by_epoch[int(record["epoch"])] = record
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_eval_json(path: str) -> dict[str, dict[str, float]]:
+    """An ``evaluation.py --out`` file: ``{split: {metric: number}}``."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: not a readable evaluation JSON ({exc})") from None
+    ok = isinstance(data, dict) and all(
+        isinstance(m, dict) and all(isinstance(v, (int, float)) for v in m.values()) for m in data.values())
+    if not ok:
+        raise ReportError(f"{path}: expected evaluation.py's output {{split: {{metric: value}}}}")
+    return data
+
+
+def read_run(path: str) -> Run:
+    """Read one run folder (it must hold ``log.jsonl``)."""
+    config = {}
+    config_path = os.path.join(path, CONFIG)
+    if os.path.isfile(config_path):
+        try:
+            with open(config_path) as f:
+                config = yaml.load(f, Loader=_YAML_LOADER) or {}
+        except yaml.YAMLError as exc:
+            raise ReportError(f"{config_path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        if not isinstance(config, dict):
+            raise ReportError(f"{config_path}: not a config mapping")
+    eval_results: dict[str, dict[str, float]] = {}
+    for eval_path in sorted(glob.glob(os.path.join(path, EVAL_JSON_PATTERN))):
+        eval_results.update(read_eval_json(eval_path))
+    norm = os.path.normpath(path)
+    match = SEED_SUFFIX.search(norm)
+    return Run(path=norm, group=norm[:match.start()] if match else norm,
+               seed=int(match.group(1)) if match else config.get("seed"), config=config,
+               records=read_log(os.path.join(path, LOG)), eval_results=eval_results)
+
+
+def is_run_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, LOG)) or os.path.isfile(os.path.join(path, CONFIG))
+
+
+def find_run_folders(patterns: list[str]) -> list[str]:
+    """Run folders named by paths or globs; a folder that is not a run folder is searched one level down
+    (``output/example/`` finds every run of the example configs). In the order given (a glob's or a
+    folder's matches sorted), without duplicates: the report lists configs in that order."""
+    found: list[str] = []
+    for pattern in patterns:
+        paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not paths:
+            raise ReportError(f"no folder matches {pattern}")
+        for path in paths:
+            if not os.path.isdir(path):
+                if not glob.has_magic(pattern):
+                    raise ReportError(f"not a folder: {path}")
+                continue
+            if is_run_folder(path):
+                found.append(os.path.normpath(path))
+            else:
+                children = [c for c in sorted(glob.glob(os.path.join(path, "*"))) if os.path.isdir(c)
+                            and is_run_folder(c)]
+                if not children and not glob.has_magic(pattern):
+                    raise ReportError(f"{path} is not a run folder (no {LOG} or {CONFIG}) and holds none")
+                found.extend(os.path.normpath(c) for c in children)
+    return list(dict.fromkeys(found))
+
+
+def load_runs(patterns: list[str]) -> list[Run]:
+    """Every run folder named by ``patterns``; one without a ``log.jsonl`` (not started, or only its
+    config written) is named on stderr and skipped."""
+    runs = []
+    for path in find_run_folders(patterns):
+        if not os.path.isfile(os.path.join(path, LOG)):
+            logger.warning(f"skipped {path}: no {LOG}")
+            continue
+        runs.append(read_run(path))
+    if not runs:
+        raise ReportError(f"no run folder with a {LOG} in {' '.join(patterns)}")
+    return runs
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs by group: groups in the order their first run comes, each group's runs by seed."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    return {g: sorted(members, key=lambda r: (r.seed if r.seed is not None else -1, r.path))
+            for g, members in groups.items()}
+
+
+def short_names(groups: list[str]) -> dict[str, str]:
+    """The fewest trailing path components that tell the groups apart (``icsd``, or ``coco/icsd`` and
+    ``flickr/icsd`` when both are reported)."""
+    parts = {g: g.replace(os.sep, "/").split("/") for g in groups}
+    for depth in range(1, max((len(p) for p in parts.values()), default=1) + 1):
+        names = {g: "/".join(p[-depth:]) for g, p in parts.items()}
+        if len(set(names.values())) == len(names):
+            return names
+    return {g: g for g in groups}
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
