@@ -23,10 +23,8 @@ import time
 
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from icsd.config import Config, config_to_dict  # noqa: E402
-from icsd.report import report  # noqa: E402
+from icsd.config import Config, config_to_dict
+from icsd.report import report
 
 METRICS = ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 from typing import Protocol
 
 from icsd.config import Config, config_to_dict
@@ -54,7 +55,7 @@ class WandB:
         import wandb
 
         id_file = os.path.join(run_dir, WANDB_ID_FILE)
-        run_id = open(id_file).read().strip() if os.path.isfile(id_file) else wandb.util.generate_id()
+        run_id = open(id_file).read().strip() if os.path.isfile(id_file) else secrets.token_hex(4)
         with open(id_file, "w") as f:
             f.write(run_id)
         self.run = wandb.init(project=cfg.train.wandb_project, name=os.path.basename(run_dir), id=run_id,

@@ -52,3 +52,15 @@ def test_missing_tracker_stops_at_start_with_the_pip_command(tmp_path, capsys, m
     assert "train.report_to names wandb, which is not installed: pip install wandb_not_installed_here" in \
         capsys.readouterr().err
     assert not os.path.exists(run_dir)
+
+
+def test_wandb_offline_mode_logs_with_no_network(tmp_path, monkeypatch):
+    """WANDB_MODE=offline: the run is recorded under the run folder (``wandb sync`` uploads it later); its id
+    is kept in the folder so a resumed run continues the same W&B run."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    code, run_dir = run(tmp_path, "train.report_to=[wandb]", "train.epochs=1")
+    assert code == 0
+    run_id = open(os.path.join(run_dir, tracking.WANDB_ID_FILE)).read().strip()
+    (record,) = glob.glob(os.path.join(run_dir, "wandb", f"offline-run-*-{run_id}", f"run-{run_id}.wandb"))
+    assert os.path.getsize(record) > 0
