@@ -133,6 +133,7 @@ class EvalConfig:
     eval_before_training: bool = False
     fold_size: int = 1000  # COCO 1K test: the mean over folds of fold_size consecutive images ...
     folds_when_images: Optional[int] = 5000  # ... reported (as 1k_*) for a split of this many images
+    rank_chunk_size: int = 1024  # queries ranked at a time: memory ~ rank_chunk_size x candidates x 4 bytes
 
 
 @dataclass
