@@ -34,6 +34,7 @@ class DataConfig:
     max_words: int = 64
     num_workers: int = 8
     train_split: str = "train"
+    image_root: Optional[str] = None  # prepared image cache read by the training loader (relative to root); null = originals
 
 
 @dataclass

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from icsd.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from icsd.config import Config, config_to_dict, save_config
-from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features, needs_teacher_features
+from icsd.data.build import (build_train_pairs, load_data_split, load_teacher_features, needs_teacher_features,
+                             training_split)
 from icsd.distributed import DistEnv, all_gather_objects, broadcast_object
 from icsd.engine import train_one_epoch
 from icsd.errors import CheckpointError, ConfigError, ICSDError
@@ -93,13 +94,14 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
 
     # Data first: bad input stops the run before any model is built or weights are downloaded.
     train_split = load_data_split(cfg.data, cfg.data.train_split)
+    train_images = training_split(cfg.data, train_split)  # data.image_root: the prepared cache
     teacher = load_teacher_features(cfg.data, train_split, env) if needs_teacher_features(cfg) else None
     eval_splits = {n: (train_split if n == cfg.data.train_split else load_data_split(cfg.data, n))
                    for n in cfg.eval.splits}
 
     state = load_checkpoint(resume_path) if resume_path is not None else None
     model, backbone = build_model_for(cfg, env, state["model"] if state else None, resume_path or "")
-    pairs = build_train_pairs(cfg, train_split, teacher, backbone.transform, backbone.tokenizer)
+    pairs = build_train_pairs(cfg, train_images, teacher, backbone.transform, backbone.tokenizer)
     sampler, loader = build_train_loader(pairs, cfg, env)
     updates_per_epoch = len(loader) // cfg.train.accum_steps
     if updates_per_epoch == 0:
