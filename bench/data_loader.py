@@ -138,7 +138,7 @@ def main(argv=None) -> None:
         split = load_split("train", annotation, root)
         data = DataConfig(root=root, image_root="cache_images")
         resize_images([(p, os.path.relpath(p, root)) for p in split.image_paths], os.path.join(root, "cache_images"),
-                      root, size, workers=1)
+                      root, size, workers=os.cpu_count() or 1)
         sources = {"orig": TrainPairs(split, backbone.transform, backbone.tokenizer),
                    "cache": TrainPairs(training_split(data, split), backbone.transform, backbone.tokenizer)}
         kb = {k: statistics.mean(os.path.getsize(p) for p in pairs.split.image_paths) / 1024
