@@ -30,17 +30,18 @@ def _image_ranks(scores: torch.Tensor, txt2img: torch.Tensor, first_image: int) 
     best = best.scatter_reduce(0, rows, positive, "amax")
     if c and bool((best == float("-inf")).any()):
         raise ValueError("every image needs at least one caption")
-    at_least_best = (scores >= best[:, None]).sum(dim=1)
+    # int32 counts: half the memory traffic of the default int64 sum (counts stay far below 2**31)
+    at_least_best = (scores >= best[:, None]).sum(dim=1, dtype=torch.int32)
     # The image's own captions scoring >= its best are not competitors: at least the best one itself.
-    own = torch.zeros(c, dtype=at_least_best.dtype, device=scores.device)
-    own.index_add_(0, rows, (positive >= best[rows]).to(own.dtype))
-    return at_least_best - own
+    own = torch.zeros(c, dtype=torch.int32, device=scores.device)
+    own.index_add_(0, rows, (positive >= best[rows]).to(torch.int32))
+    return (at_least_best - own).long()
 
 
 def _text_ranks(scores: torch.Tensor, own_images: torch.Tensor) -> torch.Tensor:
     """Text->image ranks of captions from their score columns ``[num_images, c]``; ``own_images`` [c]."""
     positive = scores[own_images, torch.arange(scores.shape[1], device=scores.device)]
-    return (scores >= positive[None, :]).sum(dim=0) - 1  # minus the caption's own image
+    return (scores >= positive[None, :]).sum(dim=0, dtype=torch.int32).long() - 1  # minus its own image
 
 
 def similarity_ranks(sim: torch.Tensor, txt2img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
