@@ -8,6 +8,8 @@
 #   gpu_tests        pytest -m gpu tests/test_gpu.py: bf16 and fp16 AMP train steps with clipping and
 #                    accumulation, torchrun --nproc_per_node=1 with NCCL and loss.gather_features=true, a resume
 #                    restoring the CUDA RNG state, CUDA evaluation equal to CPU evaluation
+#   paper_configs    pytest tests/test_paper_configs.py on CUDA: one real optimizer step of every paper config
+#                    with its real architecture (the ViT-L/14@336 step runs only on CUDA)
 #   vitb32_b128      bench/train_step.py ViT-B-32-quickgelu, batch 128, amp_bf16: ICSD vs contrastive-only
 #   vitl14_336_b16   the same for ViT-L-14-336-quickgelu, batch 16, amp_bf16
 #   vitl14_336_b16_gc  ... with gradient checkpointing
@@ -30,7 +32,7 @@ ROWS=()
 summarize() {  # step log -> the numbers of the table's last column
     local step=$1 log=$2
     case $step in
-        gpu_tests)
+        gpu_tests|paper_configs)
             grep -E "[0-9]+ (passed|failed|error|skipped)" "$log" | tail -n 1 | sed 's/=//g; s/^ *//' || true ;;
         vit*)
             awk '$1 == "icsd" {printf "icsd %s samples/s, peak %s MiB, icsd/contrastive %s", $2, $5, $6}' "$log" || true ;;
@@ -56,14 +58,15 @@ run_step() {  # name time-limit-seconds command...
 
 GPU=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" 2>&1 || true)
 
-run_step gpu_tests 180 "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
-run_step vitb32_b128 60 "$PY" bench/train_step.py --device cuda --model ViT-B-32-quickgelu --batch-size 128 \
+run_step gpu_tests 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+run_step paper_configs 75 "$PY" -m pytest -q tests/test_paper_configs.py -p no:cacheprovider
+run_step vitb32_b128 50 "$PY" bench/train_step.py --device cuda --model ViT-B-32-quickgelu --batch-size 128 \
     --precision amp_bf16 --steps 10 --warmup 3
-run_step vitl14_336_b16 90 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu --batch-size 16 \
+run_step vitl14_336_b16 70 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu --batch-size 16 \
     --precision amp_bf16 --steps 8 --warmup 3
-run_step vitl14_336_b16_gc 90 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu \
+run_step vitl14_336_b16_gc 70 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu \
     --batch-size 16 --precision amp_bf16 --steps 8 --warmup 3 --grad-checkpointing
-run_step loader_w16 60 "$PY" bench/data_loader.py --workers 16 --images 512 --repeats 1 --batch-size 64
+run_step loader_w16 55 "$PY" bench/data_loader.py --workers 16 --images 512 --repeats 1 --batch-size 64
 
 echo "# gpu_check on $GPU, $(date -u +%Y-%m-%dT%H:%MZ), logs in $LOGS/"
 printf '%-20s %-14s %8s  %s\n' step status seconds numbers
