@@ -35,6 +35,7 @@ class DataConfig:
     max_words: int = 64
     num_workers: int = 8
     train_split: str = "train"
+    image_root: Optional[str] = None  # prepared image cache for the training loader (relative to root); null: originals
 
 
 @dataclass
@@ -153,6 +154,7 @@ class EvalConfig:
     eval_before_training: bool = False
     fold_size: int = 1000  # COCO 1K test: the mean over folds of fold_size consecutive images ...
     folds_when_images: Optional[int] = 5000  # ... reported (as 1k_*) for a split of this many images
+    rank_chunk_size: int = 1024  # queries ranked at a time: memory ~ rank_chunk_size x candidates x 4 bytes
 
 
 @dataclass
@@ -306,7 +308,8 @@ def _check_ranges(cfg: Config, source: str) -> None:
                 "train.optimizer.weight_decay", "train.scheduler.min_lr", "train.scheduler.warmup_epochs"):
         at_least(key, 0)
     for key in ("train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "eval.image_batch_size",
-                "eval.text_batch_size", "eval.fold_size", "data.max_words", "data.text_teacher_batch_size"):
+                "eval.text_batch_size", "eval.fold_size", "eval.rank_chunk_size", "data.max_words",
+                "data.text_teacher_batch_size"):
         at_least(key, 1)
     for key in ("model.pdm.scale_init", "model.pdm.temperature", "train.dist_timeout_minutes"):
         at_least(key, 0, strict=True)

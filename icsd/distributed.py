@@ -1,13 +1,17 @@
-"""torch.distributed set-up from torchrun's environment, and the collectives the trainer needs.
+"""torch.distributed set-up from torchrun's (or SLURM's) environment, and the collectives the trainer needs.
 
-Without torchrun (no ``WORLD_SIZE`` in the environment) everything runs in one process with no process
-group, and the collectives below are identities.
+torchrun's variables (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR/PORT``) win; when they are absent
+and SLURM's are present (``srun python retrieval.py ...``, one task per GPU), rank, world size, local rank
+and master address are taken from SLURM. Without either (or with one task) everything runs in one process
+with no process group, and the collectives below are identities.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import re
 from dataclasses import dataclass
+from typing import Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -35,8 +39,66 @@ def select_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+DEFAULT_MASTER_PORT = "29500"
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``"a[1,2],b"`` -> ``["a[1,2]", "b"]``: commas outside brackets separate host expressions."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p for p in parts if p]
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compressed host list -> host names, in order: ``"node[01-03,7],gpu7"`` -> ``["node01",
+    "node02", "node03", "node7", "gpu7"]`` (zero padding kept; several bracket groups per name work)."""
+    hosts = []
+    for expr in _split_top_level(nodelist.strip()):
+        match = re.match(r"^([^\[]*)\[([^\]]+)\](.*)$", expr)
+        if match is None:
+            hosts.append(expr)
+            continue
+        prefix, ranges, rest = match.groups()
+        for item in ranges.split(","):
+            low, _, high = item.partition("-")
+            if not high:
+                values = [low]
+            else:
+                values = [str(v).zfill(len(low)) for v in range(int(low), int(high) + 1)]
+            for value in values:
+                hosts.extend(prefix + value + tail for tail in (expand_nodelist(rest) if rest else [""]))
+    return hosts
+
+
+def slurm_environment(environ: Mapping[str, str]) -> Optional[dict[str, str]]:
+    """torchrun-style variables derived from an ``srun`` task's environment, or None when torchrun's are set
+    or SLURM's are absent. The step's task count and node list are preferred over the job's (a batch script
+    that runs ``python`` itself, without ``srun``, is one process)."""
+    if "WORLD_SIZE" in environ or "SLURM_PROCID" not in environ:
+        return None
+    ntasks = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS"))
+    if ntasks is None:
+        return None
+    out = {"WORLD_SIZE": ntasks, "RANK": environ["SLURM_PROCID"], "LOCAL_RANK": environ.get("SLURM_LOCALID", "0")}
+    if "MASTER_ADDR" not in environ:
+        nodelist = next((environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+                         if environ.get(k)), None)
+        out["MASTER_ADDR"] = expand_nodelist(nodelist)[0] if nodelist else "127.0.0.1"
+    if "MASTER_PORT" not in environ:
+        out["MASTER_PORT"] = DEFAULT_MASTER_PORT
+    return out
+
+
 def init_distributed(device_preference: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
-    """Join the process group torchrun describes (NCCL on GPU, gloo on CPU), or run alone."""
+    """Join the process group torchrun (or SLURM's srun) describes (NCCL on GPU, gloo on CPU), or run alone."""
+    slurm = slurm_environment(os.environ)
+    if slurm is not None:
+        os.environ.update(slurm)  # init_process_group's env:// reads them, report_error reads RANK
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistEnv(device=select_device(device_preference))

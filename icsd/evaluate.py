@@ -57,12 +57,14 @@ def evaluate_split(model: ICSDModel, split: Split, transform: Callable, tokenize
     f_img = encode_in_batches(model.encode_image, EvalImages(split, transform), cfg.eval.image_batch_size, env,
                               workers, precision)
     f_txt = encode_in_batches(model.encode_text, texts, cfg.eval.text_batch_size, env, workers, precision)
-    sim = f_img.to(env.device) @ f_txt.to(env.device).t()
-    txt2img = texts.txt2img.to(env.device)
-    metrics = recall_metrics(sim, txt2img)
+    # Ranked in chunks of queries on the device: the full score matrix is never built (SPEC section 6).
+    f_img, f_txt, txt2img = f_img.to(env.device), f_txt.to(env.device), texts.txt2img.to(env.device)
+    chunk = cfg.eval.rank_chunk_size
+    metrics = recall_metrics(f_img, f_txt, txt2img, chunk)
     if split.num_images == cfg.eval.folds_when_images:
         prefix = "1k" if cfg.eval.fold_size == 1000 else f"fold{cfg.eval.fold_size}"
-        metrics.update({f"{prefix}_{k}": v for k, v in fold_metrics(sim, txt2img, cfg.eval.fold_size).items()})
+        folds = fold_metrics(f_img, f_txt, txt2img, cfg.eval.fold_size, chunk)
+        metrics.update({f"{prefix}_{k}": v for k, v in folds.items()})
     return metrics
 
 

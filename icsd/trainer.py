@@ -32,7 +32,7 @@ from icsd.checkpoint import (
 )
 from icsd.config import Config, config_to_dict, save_config
 from icsd.data.annotations import Split
-from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features
+from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features, training_split
 from icsd.data.check import unreadable_images
 from icsd.distributed import DistEnv, all_gather_objects, broadcast_object
 from icsd.engine import EpochState, EpochStop, train_one_epoch
@@ -216,6 +216,7 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
 
     # Data first: bad input stops the run before any model is built or weights are downloaded.
     train_split = load_data_split(cfg.data, cfg.data.train_split)
+    train_images = training_split(cfg.data, train_split)  # data.image_root: the prepared cache
     teacher = None
     if needs_teacher_features(cfg.loss):
         ensure_text_cache(cfg.data, train_split, env)  # built once, by rank 0, when missing
@@ -226,7 +227,7 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
 
     state = load_checkpoint(resume_path) if resume_path is not None else None
     model, backbone = build_model_for(cfg, env, state["model"] if state else None, resume_path or "")
-    pairs = build_train_pairs(cfg, train_split, teacher, backbone.transform, backbone.tokenizer)
+    pairs = build_train_pairs(cfg, train_images, teacher, backbone.transform, backbone.tokenizer)
     sampler, loader = build_train_loader(pairs, cfg, env)
     batches_per_update = cfg.train.accum_steps
     updates_per_epoch = len(loader) // batches_per_update

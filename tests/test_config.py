@@ -147,6 +147,8 @@ def test_exponent_floats_and_named_choices(tmp_path):
 # config resolves them to. A key added to the schema must be listed here on purpose.
 ADDED_KEYS = {
     "data.text_teacher_source": None,
+    "data.image_root": None,
+    "eval.rank_chunk_size": 1024,
     "train.checkpoint_every_steps": 0,
     "train.report_to": [],
     "train.wandb_project": "icsd",

@@ -10,7 +10,7 @@ from example_runs import example_runs
 from PIL import Image
 
 from icsd import show
-from icsd.metrics import recall_metrics
+from icsd.metrics import recall_from_ranks, similarity_ranks
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_sheet_png_and_html(runs, tmp_path, capsys):
     sheet, sim, txt2img = show.sheet_for_checkpoint(best, "test", 3)
     # The same encoding as evaluation.py: its metrics, exactly
     with open(runs["eval_json"]) as f:
-        assert {k: v for k, v in recall_metrics(sim, txt2img).items()} == json.load(f)["test"]
+        assert recall_from_ranks(*similarity_ranks(sim, txt2img)) == json.load(f)["test"]
     assert len(sheet.text_queries) == 3 and len(sheet.image_queries) == 3
     for q in sheet.text_queries:
         gt = int(txt2img[q.index])

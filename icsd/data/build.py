@@ -14,6 +14,7 @@ from icsd.data.annotations import Split, load_split
 from icsd.data.captions import caption_fingerprint
 from icsd.data.datasets import TrainPairs
 from icsd.data.feature_file import MatrixRows
+from icsd.data.image_cache import cache_root, with_prepared_images
 from icsd.data.teacher_features import ImageFeatures, load_image_features, load_text_features
 from icsd.errors import DataError
 
@@ -26,6 +27,14 @@ def load_data_split(data: DataConfig, split: str) -> Split:
     if not os.path.isdir(data.root):
         raise DataError(f"data.root not found: {data.root} (see datasets/README.md to prepare a dataset)")
     return load_split(split, data_path(data, data.annotation, split), data.root, data.max_words)
+
+
+def training_split(data: DataConfig, split: Split) -> Split:
+    """The split the training loader reads: from the prepared image cache when ``data.image_root`` is set
+    (checked now), else ``split`` itself. Evaluation keeps decoding the originals, so reported metrics
+    stay comparable with runs without a cache."""
+    root = cache_root(data)
+    return split if root is None else with_prepared_images(split, root, data.root)
 
 
 @dataclass

@@ -7,6 +7,7 @@ Commands (each a module here with ``configure(parser)``, ``run(args)`` and a ``U
 - ``extract-image`` (``image``): image-teacher features from open_clip, timm or Unicom, resumable;
 - ``extract-text`` (``text``): text-teacher features from a sentence-transformers model, resumable;
 - ``convert-pickled`` (``pickled``): the released pickled-dict files to the memory-mapped layout;
+- ``resize``: a prepared image cache (shorter side resized) that keeps a GPU fed.
 
 The feature-file format itself (matrix + sidecar, the resumable writer) is ``icsd.data.feature_file``'s.
 """

@@ -14,6 +14,7 @@ COMMANDS = {  # command -> module with configure(parser), run(args) and USAGE
     "extract-image": "icsd.prep.image",
     "extract-text": "icsd.prep.text",
     "convert-pickled": "icsd.prep.pickled",
+    "resize": "icsd.prep.resize",
 }
 
 

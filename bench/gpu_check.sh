@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Every check that needs CUDA (SPEC section 10), on one GPU, in under 8 minutes, as one table.
+#
+#   bash bench/gpu_check.sh [LOG_DIR]        # from anywhere; PYTHON=/path/to/python to choose the interpreter
+#
+# Random init and synthetic/example data only (model.pretrained null): nothing is downloaded.
+# Steps (each with its own time limit; a failing or timed-out step is marked FAIL and the next one runs):
+#   gpu_tests        pytest -m gpu tests/test_gpu.py: bf16 and fp16 AMP train steps with clipping and
+#                    accumulation, torchrun --nproc_per_node=1 with NCCL and loss.gather_features=true, a resume
+#                    restoring the CUDA RNG state, CUDA evaluation equal to CPU evaluation
+#   paper_configs    pytest tests/test_paper_configs.py on CUDA: one real optimizer step of every paper config
+#                    with its real architecture (the ViT-L/14@336 step runs only on CUDA)
+#   vitb32_b128      bench/train_step.py ViT-B-32-quickgelu, batch 128, amp_bf16: ICSD vs contrastive-only
+#   vitl14_336_b16   the same for ViT-L-14-336-quickgelu, batch 16, amp_bf16
+#   vitl14_336_b16_gc  ... with gradient checkpointing
+#   loader_w16       bench/data_loader.py with 16 workers: original 640x480 JPEGs vs the prepared cache, and
+#                    torchvision.io.decode_jpeg on the GPU
+# Table columns: step, status (PASS | FAIL | FAIL(timeout)), seconds, and the step's numbers:
+#   tests: pytest's summary line; train steps: samples/s and peak memory (MiB, max_memory_allocated) of the
+#   ICSD step, its time ratio to contrastive-only; loader: images/s original, cache, cache/original, GPU decode.
+# Full outputs are in LOG_DIR (default gpu_check_logs/).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+LOGS=${1:-gpu_check_logs}
+mkdir -p "$LOGS"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+ROWS=()
+
+summarize() {  # step log -> the numbers of the table's last column
+    local step=$1 log=$2
+    case $step in
+        gpu_tests|paper_configs)
+            grep -E "[0-9]+ (passed|failed|error|skipped)" "$log" | tail -n 1 | sed 's/=//g; s/^ *//' || true ;;
+        vit*)
+            awk '$1 == "icsd" {printf "icsd %s samples/s, peak %s MiB, icsd/contrastive %s", $2, $5, $6}' "$log" || true ;;
+        loader*)
+            awk '$1 ~ /^[0-9]+$/ {printf "orig %s img/s, cache %s img/s, x%s; ", $2, $3, $6}
+                 $1 == "gpu" {printf "gpu decode orig %s img/s, cache %s img/s", $3, $4}' "$log" || true ;;
+    esac
+}
+
+run_step() {  # name time-limit-seconds command...
+    local name=$1 limit=$2
+    shift 2
+    local log="$LOGS/$name.log" start=$SECONDS status=PASS rc=0
+    echo ">>> $name (limit ${limit}s): $*" >&2
+    timeout --kill-after=15 "$limit" "$@" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        status="FAIL(timeout)"
+    elif [ "$rc" -ne 0 ]; then
+        status="FAIL(rc=$rc)"
+    fi
+    ROWS+=("$name|$status|$((SECONDS - start))|$(summarize "$name" "$log")")
+}
+
+GPU=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" 2>&1 || true)
+
+run_step gpu_tests 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+run_step paper_configs 75 "$PY" -m pytest -q tests/test_paper_configs.py -p no:cacheprovider
+run_step vitb32_b128 50 "$PY" bench/train_step.py --device cuda --model ViT-B-32-quickgelu --batch-size 128 \
+    --precision amp_bf16 --steps 10 --warmup 3
+run_step vitl14_336_b16 70 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu --batch-size 16 \
+    --precision amp_bf16 --steps 8 --warmup 3
+run_step vitl14_336_b16_gc 70 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu \
+    --batch-size 16 --precision amp_bf16 --steps 8 --warmup 3 --grad-checkpointing
+run_step loader_w16 55 "$PY" bench/data_loader.py --workers 16 --images 512 --repeats 1 --batch-size 64
+
+echo "# gpu_check on $GPU, $(date -u +%Y-%m-%dT%H:%MZ), logs in $LOGS/"
+printf '%-20s %-14s %8s  %s\n' step status seconds numbers
+FAILED=0
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r name status seconds numbers <<<"$row"
+    printf '%-20s %-14s %8s  %s\n' "$name" "$status" "$seconds" "$numbers"
+    [ "$status" = PASS ] || FAILED=1
+done
+exit "$FAILED"
