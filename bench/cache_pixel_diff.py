@@ -24,17 +24,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from icsd.config import ModelConfig  # noqa: E402
-from icsd.data.datasets import load_image  # noqa: E402
-from icsd.models.backbone import build_backbone  # noqa: E402
-from icsd.prep.resize import model_input_size, resize_images  # noqa: E402
+from icsd.config import ModelConfig
+from icsd.data.datasets import load_image
+from icsd.models.backbone import build_backbone
+from icsd.prep.resize import model_input_size, resize_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

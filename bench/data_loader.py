@@ -31,23 +31,19 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from icsd.config import DataConfig, ModelConfig  # noqa: E402
-from icsd.data.annotations import load_split  # noqa: E402
-from icsd.data.build import training_split  # noqa: E402
-from icsd.data.datasets import TrainPairs  # noqa: E402
-from icsd.prep.resize import model_input_size, resize_images  # noqa: E402
+from icsd.config import DataConfig, ModelConfig
+from icsd.data.annotations import load_split
+from icsd.data.build import training_split
+from icsd.data.datasets import TrainPairs
+from icsd.prep.resize import model_input_size, resize_images
 
 
 def photo_like(rng: np.random.Generator, width: int = 640, height: int = 480) -> Image.Image:

@@ -33,19 +33,16 @@ import dataclasses
 import os
 import resource
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from icsd.amp import autocast  # noqa: E402
-from icsd.config import Config, load_config  # noqa: E402
-from icsd.distributed import select_device  # noqa: E402
-from icsd.engine import compute_loss_terms  # noqa: E402
-from icsd.models import build_model  # noqa: E402
-from icsd.optim import build_optimizer  # noqa: E402
+from icsd.amp import autocast
+from icsd.config import Config, load_config
+from icsd.distributed import select_device
+from icsd.engine import compute_loss_terms, optimizer_step
+from icsd.models import build_model
+from icsd.optim import build_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRASTIVE = ["model.pdm.enabled=false", "loss.soft_label.weight=0.0"]  # configs/vitb32/coco/contrastive.yaml
@@ -86,13 +83,7 @@ def train_step(v: Variant, batch: dict, device: torch.device) -> None:
         out = v.step_model(batch["image"], batch["tokens"])
     terms = compute_loss_terms(out, batch, v.cfg)
     v.scaler.scale(terms["loss"]).backward()
-    if t.grad_clip is not None:
-        v.scaler.unscale_(v.optimizer)
-        torch.nn.utils.clip_grad_norm_(v.model.parameters(), t.grad_clip)
-    v.scaler.step(v.optimizer)
-    v.scaler.update()
-    v.optimizer.zero_grad(set_to_none=True)
-    v.model.clamp_temperatures_()
+    optimizer_step(v.model, v.optimizer, v.scaler, t.grad_clip)
 
 
 def build_variant(name: str, cfg: Config, device: torch.device, compile_model: bool, fused: bool) -> Variant:

@@ -29,6 +29,8 @@ def link_checkpoint(src: str, dst: str) -> None:
     """Make ``dst`` the same file as ``src``: a hard link (instant, no extra disk), or a copy where the file
     system has none; atomically (temp name, then rename), so ``dst`` is always a whole checkpoint. A later
     ``save_checkpoint(src)`` replaces ``src`` by a new file and leaves ``dst`` as it was."""
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        return  # already linked (a resumed run redoing its bookkeeping); rename() would leave the temp name
     tmp = dst + TMP_SUFFIX
     if os.path.lexists(tmp):
         os.remove(tmp)

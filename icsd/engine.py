@@ -79,6 +79,20 @@ class EpochStop:
     error: Optional[Exception] = None
 
 
+def optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: Optional[float]) -> None:
+    """Apply the accumulated gradients: optional clipping, the (fp16-scaled) step, zeroed gradients, and
+    the temperatures clamped to their ranges."""
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)  # clip the true gradient, not the fp16 loss-scaled one
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    # Clamp after the step, not in forward: the optimizer may push a temperature out of its range, and
+    # clamping the stored value keeps AdamW's state consistent with what is used.
+    unwrap(model).clamp_temperatures_()
+
+
 def _fetch(batches: Iterator, count: int) -> tuple[Optional[list], Optional[ImageReadError]]:
     """The micro-batches of the next optimizer step, or the unreadable-image error met while loading them."""
     try:
@@ -143,15 +157,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, sc
                 if sums is None:
                     names, sums = list(terms), torch.zeros_like(detached)
                 sums += detached
-            if t.grad_clip is not None:
-                scaler.unscale_(optimizer)  # clip the true gradient, not the fp16 loss-scaled one
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            # Clamp after the step, not in forward: the optimizer may push a temperature out of its range,
-            # and clamping the stored value keeps AdamW's state consistent with what is used.
-            unwrap(model).clamp_temperatures_()
+            optimizer_step(model, optimizer, scaler, t.grad_clip)
             num_updates += 1
             scheduler.step_update(num_updates)
             progress.advance()

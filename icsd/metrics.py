@@ -13,6 +13,8 @@ scores; note that a BLAS may round a score differently in its last bit depending
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 KS = (1, 5, 10)
@@ -44,10 +46,18 @@ def _text_ranks(scores: torch.Tensor, own_images: torch.Tensor) -> torch.Tensor:
     return (scores >= positive[None, :]).sum(dim=0, dtype=torch.int32).long() - 1  # minus its own image
 
 
-def similarity_ranks(sim: torch.Tensor, txt2img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one-matrix form: ``sim`` [num_images, num_texts] -> (i2t ranks [num_images], t2i ranks
-    [num_texts]). For small problems and as the reference the chunked form is checked against."""
-    return _image_ranks(sim, txt2img, 0), _text_ranks(sim, txt2img)
+def similarity_ranks(sim: torch.Tensor, txt2img: torch.Tensor,
+                     chunk_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ranks from a score matrix ``sim`` [num_images, num_texts] -> (i2t ranks [num_images], t2i ranks
+    [num_texts]), counted over blocks of ``chunk_size`` queries (None: the whole matrix at once). For small
+    problems, and as the reference the chunked form from embeddings is checked against."""
+    txt2img = txt2img.to(sim.device)
+    rows = chunk_size or max(1, sim.shape[0])
+    cols = chunk_size or max(1, sim.shape[1])
+    i2t = [_image_ranks(sim[a:a + rows], txt2img, a) for a in range(0, sim.shape[0], rows)]
+    t2i = [_text_ranks(sim[:, a:a + cols], txt2img[a:a + cols]) for a in range(0, sim.shape[1], cols)]
+    empty = torch.zeros(0, dtype=torch.long, device=sim.device)
+    return torch.cat(i2t) if i2t else empty, torch.cat(t2i) if t2i else empty
 
 
 def retrieval_ranks(f_img: torch.Tensor, f_txt: torch.Tensor, txt2img: torch.Tensor,

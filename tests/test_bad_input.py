@@ -164,3 +164,41 @@ def test_range_error_names_key_and_value(tmp_path, data, capsys):
     code, run_dir, seconds = train(tmp_path, data, "train.batch_size=-32")
     assert_failed_before_training(code, run_dir, seconds, capsys.readouterr().err,
                                   "train.batch_size = -32 must be >= 1")
+
+
+def test_under_torchrun_one_ranks_error_is_shown_once_and_the_others_exit_quietly(tmp_path, data):
+    """A train image that only rank 1 meets at the first step: rank 1 says which; rank 0 stops at the same
+    step without a traceback of its own; no per-rank DDP warnings."""
+    import subprocess
+    import sys
+
+    from torch.utils.data import DistributedSampler
+
+    from conftest import REPO
+
+    records = json.load(open(data / "train.json"))
+
+    def first_batch(rank: int) -> list[int]:
+        sampler = DistributedSampler(range(len(records)), num_replicas=2, rank=rank, shuffle=True, seed=42,
+                                     drop_last=True)
+        sampler.set_epoch(1)
+        return list(sampler)[:16]
+
+    rank0_images = {records[i]["image_path"] for i in first_batch(0)}
+    image = next(records[i]["image_path"] for i in first_batch(1) if records[i]["image_path"] not in rank0_images)
+    bad = os.path.normpath(os.path.join(str(data), image))
+    truncate(bad)
+    out = str(tmp_path / "run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           os.path.join(REPO, "retrieval.py"), "--config", EXAMPLE_CONFIG, "--opts", *tiny_overrides(
+                               f"data.root={data}", f"output_dir={out}", "train.epochs=1", "eval.splits=[val]",
+                               "train.batch_size=16", "eval.eval_before_training=false")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert output.count("error: cannot read image") == 1 and f"error: cannot read image {bad}" in output, output
+    assert f'File "{REPO}' not in output, output  # no traceback through the project's code, on any rank
+    assert "broadcast_buffers" not in output
+    state = load_checkpoint(os.path.join(out + "_seed42", "checkpoint_last.pth"))
+    assert state["position"] == {**state["position"], "epoch": 1, "update": 0}

@@ -72,4 +72,5 @@ def test_two_srun_style_processes_train_one_run(tmp_path):
     assert [r["epoch"] for r in log] == [1]
     # One run of two processes (not two single runs): rank 0 alone reports
     assert "done:" in outputs[0] and "done:" not in outputs[1]
-    assert sorted(os.listdir(run_dir)) == ["checkpoint_best.pth", "checkpoint_last.pth", "config.yaml", "log.jsonl"]
+    assert sorted(os.listdir(run_dir)) == ["checkpoint_best.pth", "checkpoint_last.pth", "config.yaml", "log.jsonl",
+                                           "out.log"]
