@@ -30,7 +30,7 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2 tests  # 2 workers: most tests wait on subprocesses
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests  # 2 workers: most tests wait on subprocesses
 
 clean:
 	rm -rf output .pytest_cache

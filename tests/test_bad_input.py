@@ -198,7 +198,8 @@ def test_under_torchrun_one_ranks_error_is_shown_once_and_the_others_exit_quietl
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert output.count("error: cannot read image") == 1 and f"error: cannot read image {bad}" in output, output
-    assert f'File "{REPO}' not in output, output  # no traceback through the project's code, on any rank
+    for ours in ("icsd", "retrieval.py"):  # torchrun reports its child's exit; no traceback of the project's code
+        assert f'File "{os.path.join(REPO, ours)}' not in output, output
     assert "broadcast_buffers" not in output
     state = load_checkpoint(os.path.join(out + "_seed42", "checkpoint_last.pth"))
     assert state["position"] == {**state["position"], "epoch": 1, "update": 0}

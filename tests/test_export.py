@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 import yaml
-from example_runs import example_runs
 
 import evaluation
 from icsd import export
@@ -18,6 +17,10 @@ from icsd.checkpoint import load_checkpoint
 from icsd.pretrained import ExportError, load_pretrained
 
 from conftest import REPO
+from example_runs import example_runs
+
+# The example runs these tests share are made once: all of them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("example_runs")
 
 
 @pytest.fixture(scope="module")

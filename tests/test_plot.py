@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import pytest
-from example_runs import example_runs, read_log
 from PIL import Image
 
 from icsd import plot
+
+from example_runs import example_runs, read_log
+
+# The example runs these tests share are made once: all of them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("example_runs")
 
 
 @pytest.fixture(scope="module")

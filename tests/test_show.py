@@ -6,11 +6,15 @@ import os
 
 import pytest
 import torch
-from example_runs import example_runs
 from PIL import Image
 
 from icsd import show
 from icsd.metrics import recall_from_ranks, similarity_ranks
+
+from example_runs import example_runs
+
+# The example runs these tests share are made once: all of them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("example_runs")
 
 
 @pytest.fixture(scope="module")
