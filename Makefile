@@ -30,7 +30,7 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests  # 2 workers: most tests wait on subprocesses
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests  # 2 workers (a file stays on one: its fixtures are made once)
 
 clean:
 	rm -rf output .pytest_cache

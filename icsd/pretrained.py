@@ -24,31 +24,29 @@ class ExportError(CheckpointError):
     """A missing, partial or corrupted export folder."""
 
 
-def read_export_config(folder: str) -> dict:
-    """The exported config as a dict (the resolved config, ``model.pretrained`` null)."""
-    path = os.path.join(folder, CONFIG)
+def _read_mapping(folder: str, name: str, parse, kind: str, missing_hint: str = ""):
+    """A mapping parsed from ``folder/name`` (``parse(file)``), or one ExportError saying what is wrong."""
+    path = os.path.join(folder, name)
     if not os.path.isfile(path):
-        raise ExportError(f"{folder} is not a complete ICSD export: {CONFIG} is missing")
+        raise ExportError(f"{folder} is not a complete ICSD export: {name} is missing{missing_hint}")
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ExportError(f"{folder}: {CONFIG} is not readable YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ExportError(f"{folder}: {CONFIG} is not a config mapping")
-    return raw
+            value = parse(f)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ExportError(f"{folder}: {name} is not readable {kind} ({exc})") from None
+    if not isinstance(value, dict):
+        raise ExportError(f"{folder}: {name} is not a {kind} mapping")
+    return value
+
+
+def read_export_config(folder: str) -> dict:
+    """The exported config as a dict (the resolved config, ``model.pretrained`` null)."""
+    return _read_mapping(folder, CONFIG, yaml.safe_load, "YAML")
 
 
 def read_export_info(folder: str) -> dict:
-    path = os.path.join(folder, INFO)
-    if not os.path.isfile(path):
-        raise ExportError(f"{folder} is not a complete ICSD export: {INFO} is missing (interrupted export?)")
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{folder}: {INFO} is not readable JSON ({exc})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
+    info = _read_mapping(folder, INFO, json.load, "JSON", " (interrupted export?)")
+    if info.get("format") != FORMAT:
         raise ExportError(f"{folder}: {INFO} does not describe an ICSD export")
     if info.get("format_version") != FORMAT_VERSION:
         raise ExportError(f"{folder}: export format version {info.get('format_version')} is not supported "

@@ -19,9 +19,6 @@ from icsd.pretrained import ExportError, load_pretrained
 from conftest import REPO
 from example_runs import example_runs
 
-# The example runs these tests share are made once: all of them on one xdist worker.
-pytestmark = pytest.mark.xdist_group("example_runs")
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

@@ -8,9 +8,6 @@ from icsd import plot
 
 from example_runs import example_runs, read_log
 
-# The example runs these tests share are made once: all of them on one xdist worker.
-pytestmark = pytest.mark.xdist_group("example_runs")
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

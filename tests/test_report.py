@@ -16,9 +16,6 @@ from icsd.runs import ReportError, load_runs
 
 from example_runs import example_runs, read_log
 
-# The example runs these tests share are made once: all of them on one xdist worker.
-pytestmark = pytest.mark.xdist_group("example_runs")
-
 METRICS = ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "rsum")
 
 

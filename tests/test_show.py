@@ -13,9 +13,6 @@ from icsd.metrics import recall_from_ranks, similarity_ranks
 
 from example_runs import example_runs
 
-# The example runs these tests share are made once: all of them on one xdist worker.
-pytestmark = pytest.mark.xdist_group("example_runs")
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

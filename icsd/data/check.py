@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from icsd.config import Config
@@ -37,7 +38,10 @@ def unreadable_images(paths: Sequence[str], num_workers: int = 0, batch_size: in
     if not paths:
         return []
     loader = DataLoader(_Decode(paths), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
-    return [error for batch in loader for error in batch if error]
+    # A DataLoader draws its workers' base seed from the global RNG: checking data must not change the
+    # model's initialisation or the training that follows.
+    with torch.random.fork_rng(devices=[]):
+        return [error for batch in loader for error in batch if error]
 
 
 def check_data(cfg: Config, with_teachers: bool) -> None:
