@@ -182,12 +182,13 @@ class RunFolder:
         kill_point("last_saved", epoch)
         self._links_and_log(state, epoch)
 
-    def restore(self, state: dict) -> None:
-        """Resuming from ``state``: redo what its epoch's bookkeeping may have missed, drop later records."""
+    def restore(self, state: dict, path: str) -> None:
+        """Resuming from ``state`` (read from ``path``): redo what its epoch's bookkeeping may have missed,
+        drop later records."""
         self.remove_temp_files()
         if state.get("log") is None:  # a checkpoint from before the log travelled with it
             truncate_log(self.log, state["epoch"])
-        elif state.get("position") is None and os.path.abspath(state["_path"]) == os.path.abspath(self.last):
+        elif state.get("position") is None and os.path.abspath(path) == os.path.abspath(self.last):
             self._links_and_log(state, state["epoch"])
         else:
             self.write_log(state["log"])
@@ -262,10 +263,9 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
         where = f"epoch {start_epoch}" if position is None else \
             f"epoch {position['epoch']}, step {position['update']}/{updates_per_epoch}"
         logger.info(f"resumed from {resume_path} at {where}")
-        state["_path"] = resume_path
         if env.is_main:
             os.makedirs(run_dir, exist_ok=True)
-            folder.restore(state)
+            folder.restore(state, resume_path)
         del state
 
     ddp_model = model

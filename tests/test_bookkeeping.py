@@ -1,0 +1,38 @@
+"""Bookkeeping that survives a kill at any instant (SPEC section 5): the process is killed (``os._exit``, as
+``kill -9``) at a point of the end-of-epoch bookkeeping, and ``--resume auto`` leaves a whole run folder."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+from test_preemption import ENV, command, run
+
+from icsd.checkpoint import load_checkpoint
+
+# The checkpoint's temp file written (not renamed); the checkpoint saved (links and log missing); the links
+# made (log missing). The other points (after the best link, after the log) are states these cover.
+KILL_POINTS = ["last_tmp", "last_saved", "epoch_linked"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_at_any_instant_of_the_bookkeeping(tmp_path, point):
+    """Killed (os._exit, as kill -9) at a point of the last epoch's end-of-epoch bookkeeping, then
+    --resume auto: the log holds every finished epoch once, checkpoint_best.pth is the epoch the log names
+    as best, checkpoint_epoch1.pth is epoch 1, and no temp file is left."""
+    out = str(tmp_path / "run")
+    opts = ("train.save_every=1", "train.epochs=1")
+    proc = run(command(out, 1, *opts), env={**ENV, "ICSD_TEST_KILL_AT": f"{point}:1"})
+    assert proc.returncode == 137, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_dir = out + "_seed42"
+    if point == "last_tmp":
+        assert glob.glob(os.path.join(run_dir, "*.tmp"))  # the case that used to leave a 45 MB file forever
+    proc = run(command(out, 1, *opts, resume=True))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = [json.loads(line) for line in open(os.path.join(run_dir, "log.jsonl"))]
+    assert [r["epoch"] for r in log] == [1]
+    assert load_checkpoint(os.path.join(run_dir, "checkpoint_best.pth"))["epoch"] == log[-1]["best_epoch"] == 1
+    assert load_checkpoint(os.path.join(run_dir, "checkpoint_epoch1.pth"))["epoch"] == 1
+    assert os.path.samefile(os.path.join(run_dir, "checkpoint_best.pth"), os.path.join(run_dir, "checkpoint_last.pth"))
+    assert not glob.glob(os.path.join(run_dir, "*.tmp"))
