@@ -103,14 +103,14 @@ def _fetch(batches: Iterator, count: int) -> tuple[Optional[list], Optional[Imag
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, scaler, cfg: Config, env: DistEnv,
                     state: EpochState, updates_per_epoch: int, control: StopControl,
-                    on_update: Optional[Callable[[EpochState], None]] = None,
+                    save_recovery: Optional[Callable[[EpochState], None]] = None,
                     on_log: Optional[Callable[[dict, int], None]] = None) -> dict | EpochStop:
     """Train the optimizer steps ``state.update .. updates_per_epoch`` of the epoch (``loader`` yields the
     remaining batches). Returns the epoch means of every loss term with timings, or an ``EpochStop``.
 
     Loss terms are summed on the device and synchronised only every ``train.log_every`` steps (progress
-    line, trackers, non-finite check), never with a per-step ``.item()``. ``on_update(state)`` runs after
-    each optimizer step (periodic recovery checkpoints); ``on_log(scalars, step)`` at each log interval.
+    line, trackers, non-finite check), never with a per-step ``.item()``. ``save_recovery(state)`` runs every
+    ``train.checkpoint_every_steps`` optimizer steps; ``on_log(scalars, step)`` at each log interval.
     """
     model.train()
     t = cfg.train
@@ -174,8 +174,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, sc
                 progress.update(step, scalars)
                 if on_log is not None:
                     on_log(scalars, num_updates)
-            if on_update is not None and step < updates_per_epoch:
-                on_update(snapshot(step))
+            every = t.checkpoint_every_steps
+            if save_recovery is not None and every and num_updates % every == 0 and step < updates_per_epoch:
+                save_recovery(snapshot(step))  # the snapshot reads the loss sums back: only when saving
     finally:
         progress.close()
     seconds += time.perf_counter() - start

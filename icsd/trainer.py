@@ -304,11 +304,6 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
         if env.is_main:
             save_checkpoint(recovery, folder.last)
 
-    def on_update(epoch_state: EpochState) -> None:
-        every = cfg.train.checkpoint_every_steps
-        if every and epoch_state.num_updates % every == 0:
-            save_recovery(epoch_state)
-
     def log_step(scalars: dict, step: int) -> None:
         temps = {f"train/{n}": t().item() for n, t in model.temperatures.items()}
         for tracker in trackers:
@@ -332,7 +327,7 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
                 # A resumed recovery checkpoint: skip the samples of this rank already trained on.
                 sampler.skip = epoch_state.update * batches_per_update * cfg.train.batch_size
                 result = train_one_epoch(ddp_model, loader, optimizer, scheduler, scaler, cfg, env, epoch_state,
-                                         updates_per_epoch, control, on_update, log_step if trackers else None)
+                                         updates_per_epoch, control, save_recovery, log_step if trackers else None)
                 if isinstance(result, EpochStop):
                     _stop(result, save_recovery, folder, updates_per_epoch)
                 stats = result
