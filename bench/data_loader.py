@@ -8,9 +8,11 @@ Images: --images synthetic 640x480 JPEGs (COCO's usual size) at quality 90, with
 (smooth colour gradients, blurred shapes and sensor-like noise, so they compress like photos, ~100 KB), written
 to a temporary folder with one caption each; or --source DIR to use real images (e.g. dataset_example/pics).
 The cache is built from them with icsd.prep.resize (shorter side = the model's input size, quality 95).
-Both are read through the project's training dataset (icsd.data.datasets.TrainPairs: decode, the model's
-transform, tokenize; the cached split through icsd.data.build.training_split, as training does) under a
+Both are read through the project's training dataset (icsd.data.datasets.TrainPairs: decode, the geometry
+of the model's transform to a uint8 tensor, tokenize; normalisation runs on the device in training, see
+icsd.data.pixels; the cached split through icsd.data.build.training_split, as training does) under a
 DataLoader of batch --batch-size, the same loader settings as training (no teacher features).
+--full-transform times the whole float transform in the workers instead (the pipeline before uint8 loading).
 
 Columns, one row per worker count:
   workers          DataLoader num_workers (0 = in the main process)
@@ -122,6 +124,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="ViT-B-32", help="open_clip model whose transform and input size are used")
     parser.add_argument("--source", default=None, help="a folder of real images instead of synthetic ones")
     parser.add_argument("--repeats", type=int, default=3, help="passes per (source, workers); median")
+    parser.add_argument("--full-transform", action="store_true",
+                        help="ToTensor + Normalize in the workers (float images) instead of uint8 images")
     parser.add_argument("--keep", default=None, help="write the data here and keep it (default: a temporary folder)")
     args = parser.parse_args(argv)
 
@@ -136,13 +140,15 @@ def main(argv=None) -> None:
         data = DataConfig(root=root, image_root="cache_images")
         resize_images([(p, os.path.relpath(p, root)) for p in split.image_paths], os.path.join(root, "cache_images"),
                       root, size, workers=os.cpu_count() or 1)
-        sources = {"orig": TrainPairs(split, backbone.transform, backbone.tokenizer),
-                   "cache": TrainPairs(training_split(data, split), backbone.transform, backbone.tokenizer)}
+        transform = backbone.transform if args.full_transform else backbone.pixels.host
+        sources = {"orig": TrainPairs(split, transform, backbone.tokenizer),
+                   "cache": TrainPairs(training_split(data, split), transform, backbone.tokenizer)}
         kb = {k: statistics.mean(os.path.getsize(p) for p in pairs.split.image_paths) / 1024
               for k, pairs in sources.items()}
         print(f"# {args.images} images ({'from ' + args.source if args.source else 'synthetic 640x480, q90'}, "
               f"{kb['orig']:.0f} KB) vs cache (shorter side {size}, q95, {kb['cache']:.0f} KB); {args.model} "
-              f"transform; batch {args.batch_size}; {os.cpu_count()} CPUs")
+              f"transform ({'float' if args.full_transform else 'uint8'} images); batch {args.batch_size}; "
+              f"{os.cpu_count()} CPUs")
         print(f"{'workers':>8} {'orig_img_s':>11} {'cache_img_s':>12} {'orig_per_worker':>16} "
               f"{'cache_per_worker':>17} {'ratio':>6}")
         for workers in args.workers:

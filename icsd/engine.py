@@ -106,7 +106,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, sc
                     save_recovery: Optional[Callable[[EpochState], None]] = None,
                     on_log: Optional[Callable[[dict, int], None]] = None) -> dict | EpochStop:
     """Train the optimizer steps ``state.update .. updates_per_epoch`` of the epoch (``loader`` yields the
-    remaining batches). Returns the epoch means of every loss term with timings, or an ``EpochStop``.
+    remaining batches on the device, images normalised: ``icsd.data.pixels.DeviceBatches``). Returns the
+    epoch means of every loss term with timings, or an ``EpochStop``.
 
     Loss terms are summed on the device and synchronised only every ``train.log_every`` steps (progress
     line, trackers, non-finite check), never with a per-step ``.item()``. ``save_recovery(state)`` runs every
@@ -139,8 +140,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, sc
             if signum or failed:
                 return EpochStop(snapshot(update), signum, error)
             for micro, batch in enumerate(micro_batches):
-                # non_blocking: with pinned host memory the copy overlaps the previous step's GPU work.
-                batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
                 # DDP all-reduces gradients inside backward(); on the micro-steps before an optimizer step
                 # that would be wasted communication, so gradients accumulate locally and sync on the last.
                 no_sync = env.distributed and micro < accum - 1

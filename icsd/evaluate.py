@@ -17,6 +17,7 @@ from icsd.config import Config
 from icsd.data.annotations import Split
 from icsd.data.build import load_data_split
 from icsd.data.datasets import EvalImages, EvalTexts
+from icsd.data.pixels import PixelTransform
 from icsd.distributed import DistEnv, all_gather_objects
 from icsd.metrics import fold_metrics, recall_metrics
 from icsd.models import ICSDModel, build_model_for
@@ -47,15 +48,15 @@ def encode_in_batches(encode: Callable, dataset, batch_size: int, env: DistEnv, 
 
 
 @torch.no_grad()
-def evaluate_split(model: ICSDModel, split: Split, transform: Callable, tokenizer: Callable, cfg: Config,
+def evaluate_split(model: ICSDModel, split: Split, pixels: PixelTransform, tokenizer: Callable, cfg: Config,
                    env: DistEnv) -> dict[str, float]:
     """Recall@K of ``split``; for a split of ``eval.folds_when_images`` images (COCO 5K test) also the mean
     over folds of ``eval.fold_size`` images (COCO 1K test), as ``1k_*``."""
     model.eval()
     workers, precision = cfg.data.num_workers, cfg.train.precision
     texts = EvalTexts(split, tokenizer)
-    f_img = encode_in_batches(model.encode_image, EvalImages(split, transform), cfg.eval.image_batch_size, env,
-                              workers, precision)
+    f_img = encode_in_batches(lambda images: model.encode_image(pixels.normalize(images)),
+                              EvalImages(split, pixels.host), cfg.eval.image_batch_size, env, workers, precision)
     f_txt = encode_in_batches(model.encode_text, texts, cfg.eval.text_batch_size, env, workers, precision)
     # Ranked in chunks of queries on the device: the full score matrix is never built (SPEC section 6).
     f_img, f_txt, txt2img = f_img.to(env.device), f_txt.to(env.device), texts.txt2img.to(env.device)
@@ -73,11 +74,11 @@ class Evaluator:
     """The evaluated splits with what encoding them needs."""
 
     splits: dict[str, Split]
-    transform: Callable
+    pixels: PixelTransform
     tokenizer: Callable
 
     def evaluate(self, model: ICSDModel, cfg: Config, env: DistEnv) -> dict[str, dict[str, float]]:
-        return {name: evaluate_split(model, split, self.transform, self.tokenizer, cfg, env)
+        return {name: evaluate_split(model, split, self.pixels, self.tokenizer, cfg, env)
                 for name, split in self.splits.items()}
 
 
@@ -109,6 +110,6 @@ def run_evaluation(cfg: Config, env: DistEnv, weights: Optional[dict], splits, s
     pretrained weights) on ``splits``, print the table and return the metrics by split."""
     eval_splits = {name: load_data_split(cfg.data, name) for name in splits}
     model, backbone = build_model_for(cfg, env, weights, source)
-    results = Evaluator(eval_splits, backbone.transform, backbone.tokenizer).evaluate(model, cfg, env)
+    results = Evaluator(eval_splits, backbone.pixels, backbone.tokenizer).evaluate(model, cfg, env)
     logger.info(format_table(results))
     return results

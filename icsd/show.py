@@ -125,7 +125,9 @@ def sheet_for_checkpoint(path: str, split_name: str, n_queries: int, seed: Optio
     texts = EvalTexts(split, backbone.tokenizer)
     args = (env, cfg.data.num_workers, cfg.train.precision)
     with torch.no_grad():
-        f_img = encode_in_batches(model.encode_image, EvalImages(split, backbone.transform),
+        pixels = backbone.pixels
+        f_img = encode_in_batches(lambda images: model.encode_image(pixels.normalize(images)),
+                                  EvalImages(split, pixels.host),
                                   cfg.eval.image_batch_size, *args)
         f_txt = encode_in_batches(model.encode_text, texts, cfg.eval.text_batch_size, *args)
         sim = (f_img.to(env.device) @ f_txt.to(env.device).t()).cpu()

@@ -34,6 +34,7 @@ from icsd.config import Config, config_to_dict, save_config
 from icsd.data.annotations import Split
 from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features, training_split
 from icsd.data.check import unreadable_images
+from icsd.data.pixels import DeviceBatches
 from icsd.distributed import DistEnv, all_gather_objects, broadcast_object
 from icsd.engine import EpochState, EpochStop, train_one_epoch
 from icsd.errors import CheckpointError, ConfigError, DataError, ICSDError, OtherRankFailed
@@ -228,8 +229,9 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
 
     state = load_checkpoint(resume_path) if resume_path is not None else None
     model, backbone = build_model_for(cfg, env, state["model"] if state else None, resume_path or "")
-    pairs = build_train_pairs(cfg, train_images, teacher, backbone.transform, backbone.tokenizer)
+    pairs = build_train_pairs(cfg, train_images, teacher, backbone.pixels.host, backbone.tokenizer)
     sampler, loader = build_train_loader(pairs, cfg, env)
+    device_batches = DeviceBatches(loader, env.device, backbone.pixels)
     batches_per_update = cfg.train.accum_steps
     updates_per_epoch = len(loader) // batches_per_update
     if updates_per_epoch == 0:
@@ -240,7 +242,7 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, updates_per_epoch)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.train.precision == "amp_fp16")
-    evaluator = Evaluator(eval_splits, backbone.transform, backbone.tokenizer)
+    evaluator = Evaluator(eval_splits, backbone.pixels, backbone.tokenizer)
 
     start_epoch, num_updates, best, records, position = 0, 0, {"score": None, "epoch": None}, [], None
     folder = RunFolder(run_dir, cfg)
@@ -326,7 +328,7 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
                 sampler.set_epoch(epoch)
                 # A resumed recovery checkpoint: skip the samples of this rank already trained on.
                 sampler.skip = epoch_state.update * batches_per_update * cfg.train.batch_size
-                result = train_one_epoch(ddp_model, loader, optimizer, scheduler, scaler, cfg, env, epoch_state,
+                result = train_one_epoch(ddp_model, device_batches, optimizer, scheduler, scaler, cfg, env, epoch_state,
                                          updates_per_epoch, control, save_recovery, log_step if trackers else None)
                 if isinstance(result, EpochStop):
                     _stop(result, save_recovery, folder, updates_per_epoch)

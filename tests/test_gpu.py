@@ -17,7 +17,7 @@ import retrieval
 from icsd.checkpoint import load_checkpoint, rng_state, set_rng_state
 from icsd.config import load_config
 from icsd.data.build import load_data_split
-from icsd.data.datasets import EvalImages, EvalTexts
+from icsd.data.datasets import EvalImages, EvalTexts, load_image
 from icsd.distributed import DistEnv
 from icsd.evaluate import encode_in_batches, evaluate_split
 from icsd.models import build_model
@@ -98,7 +98,10 @@ def test_cuda_evaluation_equals_cpu_evaluation(monkeypatch):
         model = model.to(env.device)
         features[device] = encode_in_batches(model.encode_image, EvalImages(split, backbone.transform), 8, env, 0,
                                              "fp32")
-        results[device] = evaluate_split(model, split, backbone.transform, backbone.tokenizer, cfg, env)
+        results[device] = evaluate_split(model, split, backbone.pixels, backbone.tokenizer, cfg, env)
     torch.testing.assert_close(features["cuda"], features["cpu"], rtol=1e-4, atol=1e-5)
+    host = torch.stack([backbone.pixels.host(load_image(p)) for p in split.image_paths[:4]])
+    torch.testing.assert_close(backbone.pixels.normalize(host.cuda()).cpu(), backbone.pixels.normalize(host),
+                               rtol=0, atol=1e-6)  # the device normalisation: IEEE float32 on both
     assert results["cuda"] == pytest.approx(results["cpu"], abs=1e-9)
     assert len(EvalTexts(split, backbone.tokenizer)) > split.num_images

@@ -9,6 +9,7 @@ import open_clip
 from torch import nn
 
 from icsd.config import ModelConfig
+from icsd.data.pixels import PixelTransform, split_transform
 from icsd.errors import CheckpointError, ConfigError
 
 
@@ -16,8 +17,9 @@ from icsd.errors import CheckpointError, ConfigError
 class Backbone:
     clip: nn.Module
     embed_dim: int
-    transform: Callable  # the backbone's eval transform (resize, centre crop, normalise)
+    transform: Callable  # the backbone's eval transform (resize, centre crop, normalise): PIL -> float tensor
     tokenizer: Callable
+    pixels: PixelTransform  # the same transform split: uint8 in the loader, normalised on the device
 
 
 def resolve_model_name(clip: str) -> str:
@@ -62,4 +64,4 @@ def build_backbone(cfg: ModelConfig) -> Backbone:
         raise
     model_cfg = open_clip.get_model_config(name)
     embed_dim = int(model_cfg["embed_dim"]) if model_cfg else int(clip.text_projection.shape[1])
-    return Backbone(clip, embed_dim, transform, open_clip.get_tokenizer(name))
+    return Backbone(clip, embed_dim, transform, open_clip.get_tokenizer(name), split_transform(transform))
