@@ -37,9 +37,10 @@ def truncate(path) -> None:
 
 
 def train(tmp_path, root, *opts, resume=None) -> tuple[int, str, float]:
+    """A short run on the (possibly broken) copy ``root``, reading its original images."""
     out = str(tmp_path / "run")
     argv = ["--config", EXAMPLE_CONFIG, "--opts", *tiny_overrides(
-        f"data.root={root}", f"output_dir={out}", "train.epochs=1", "eval.splits=[val]",
+        f"data.root={root}", "data.image_root=null", f"output_dir={out}", "train.epochs=1", "eval.splits=[val]",
         "eval.eval_before_training=false", *opts)] + (["--resume", resume] if resume else [])
     start = time.perf_counter()
     code = retrieval.main(argv)
@@ -192,8 +193,8 @@ def test_under_torchrun_one_ranks_error_is_shown_once_and_the_others_exit_quietl
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            os.path.join(REPO, "retrieval.py"), "--config", EXAMPLE_CONFIG, "--opts", *tiny_overrides(
-                               f"data.root={data}", f"output_dir={out}", "train.epochs=1", "eval.splits=[val]",
-                               "train.batch_size=16", "eval.eval_before_training=false")],
+                               f"data.root={data}", "data.image_root=null", f"output_dir={out}", "train.epochs=1",
+                               "eval.splits=[val]", "train.batch_size=16", "eval.eval_before_training=false")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0

@@ -115,7 +115,7 @@ def test_training_reads_the_cache_and_a_missing_image_stops_before_training(tmp_
     pairs = build_train_pairs(cfg, cached, None, ToTensor(), lambda text: [text])
     assert min(pairs[0]["image"].shape[1:]) == 64  # decoded from the 64 px cache, not the 640 px original
     # image_root null: the originals
-    assert training_split(load_config(EXAMPLE_CONFIG, tiny_overrides()).data, split) is split
+    assert training_split(load_config(EXAMPLE_CONFIG, tiny_overrides("data.image_root=null")).data, split) is split
 
 
 def test_missing_cache_fails_a_run_with_one_line(tmp_path, capsys):

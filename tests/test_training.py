@@ -152,7 +152,7 @@ def test_unreadable_image_stops_with_its_path(tmp_path, capsys, workers):
             (root / "pics" / name).write_bytes(b"not a jpeg")
         else:
             os.symlink(os.path.join(EXAMPLE_DATA, "pics", name), root / "pics" / name)
-    code, _ = run(tmp_path, "corrupt", f"data.root={root}", f"data.num_workers={workers}")
+    code, _ = run(tmp_path, "corrupt", f"data.root={root}", "data.image_root=null", f"data.num_workers={workers}")
     assert code == 1
     err = capsys.readouterr().err
     assert f"error: cannot read image {root}/pics/COCO_" in err and "Traceback" not in err
