@@ -9,11 +9,10 @@ import json
 import sys
 
 from icsd.cli import report_error, run_main
-from icsd.config import apply_overrides, config_from_dict, load_config
 from icsd.errors import ICSDError
 from icsd.evaluate import run_evaluation
 from icsd.logger import setup_logging
-from icsd.pretrained import load_checkpoint_or_export
+from icsd.pretrained import config_for_weights, load_checkpoint_or_export
 
 
 def parse_args(argv):
@@ -32,12 +31,7 @@ def main(argv=None) -> int:
     setup_logging()
     try:
         state = load_checkpoint_or_export(args.checkpoint)
-        if args.config is not None:
-            cfg = load_config(args.config, args.opts)
-        elif state.get("config") is not None:
-            cfg = config_from_dict(apply_overrides(state["config"], args.opts), f"config saved in {args.checkpoint}")
-        else:
-            raise ICSDError(f"{args.checkpoint} holds no config: pass --config")
+        cfg = config_for_weights(state, args.checkpoint, args.config, args.opts)
     except ICSDError as exc:
         report_error(exc)
         return 1

@@ -48,16 +48,25 @@ def encode_in_batches(encode: Callable, dataset, batch_size: int, env: DistEnv, 
 
 
 @torch.no_grad()
-def evaluate_split(model: ICSDModel, split: Split, pixels: PixelTransform, tokenizer: Callable, cfg: Config,
-                   env: DistEnv) -> dict[str, float]:
-    """Recall@K of ``split``; for a split of ``eval.folds_when_images`` images (COCO 5K test) also the mean
-    over folds of ``eval.fold_size`` images (COCO 1K test), as ``1k_*``."""
+def encode_split(model: ICSDModel, split: Split, pixels: PixelTransform, tokenizer: Callable, cfg: Config,
+                 env: DistEnv) -> tuple[torch.Tensor, torch.Tensor, EvalTexts]:
+    """Head features of the split's images and captions, on CPU, in evaluation's order (``EvalTexts``:
+    captions grouped by image; its ``txt2img`` and ``order`` describe the caption rows)."""
     model.eval()
     workers, precision = cfg.data.num_workers, cfg.train.precision
     texts = EvalTexts(split, tokenizer)
     f_img = encode_in_batches(lambda images: model.encode_image(pixels.normalize(images)),
                               EvalImages(split, pixels.host), cfg.eval.image_batch_size, env, workers, precision)
     f_txt = encode_in_batches(model.encode_text, texts, cfg.eval.text_batch_size, env, workers, precision)
+    return f_img, f_txt, texts
+
+
+@torch.no_grad()
+def evaluate_split(model: ICSDModel, split: Split, pixels: PixelTransform, tokenizer: Callable, cfg: Config,
+                   env: DistEnv) -> dict[str, float]:
+    """Recall@K of ``split``; for a split of ``eval.folds_when_images`` images (COCO 5K test) also the mean
+    over folds of ``eval.fold_size`` images (COCO 1K test), as ``1k_*``."""
+    f_img, f_txt, texts = encode_split(model, split, pixels, tokenizer, cfg, env)
     # Ranked in chunks of queries on the device: the full score matrix is never built (SPEC section 6).
     f_img, f_txt, txt2img = f_img.to(env.device), f_txt.to(env.device), texts.txt2img.to(env.device)
     chunk = cfg.eval.rank_chunk_size

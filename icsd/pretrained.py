@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import yaml
 
 from icsd.errors import CheckpointError, ICSDError
+
+if TYPE_CHECKING:
+    from icsd.config import Config
 
 WEIGHTS, CONFIG, INFO = "model.safetensors", "config.yaml", "export.json"
 FORMAT, FORMAT_VERSION = "icsd-export", 1
@@ -90,6 +93,18 @@ def load_checkpoint_or_export(path: str) -> dict:
     from icsd.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
+
+
+def config_for_weights(state: dict, path: str, config: Optional[str], opts) -> Config:
+    """The config to use with the weights read from ``path``: the YAML file ``config`` when given, else the one
+    saved with them; ``opts`` (``key=value``) override either."""
+    from icsd.config import apply_overrides, config_from_dict, load_config
+
+    if config is not None:
+        return load_config(config, list(opts))
+    if state.get("config") is not None:
+        return config_from_dict(apply_overrides(state["config"], list(opts)), f"config saved in {path}")
+    raise ICSDError(f"{path} holds no config: pass --config")
 
 
 def load_pretrained(folder: str, device: Optional[str] = "cpu"):

@@ -76,23 +76,23 @@ def compute_sheet(sim, txt2img, captions: Sequence[str], image_ids: Sequence[str
     caption order; ``captions[j]`` and ``txt2img[j]`` describe column j)."""
     import torch
 
+    from icsd.metrics import similarity_ranks
+
     sim, txt2img = sim.float().cpu(), torch.as_tensor(txt2img).cpu()
     num_images, num_captions = sim.shape
+    i2t_ranks, t2i_ranks = similarity_ranks(sim, txt2img)  # evaluation's ranks (ties count against the query)
     k_img, k_txt = min(k, num_images), min(k, num_captions)
     text_queries = []
     for j in pick(num_captions, n_queries, seed):
         scores, gt = sim[:, j], int(txt2img[j])
         order = torch.sort(scores, descending=True, stable=True).indices[:k_img].tolist()
-        rank = int((scores >= scores[gt]).sum()) - 1  # the others scoring >= the ground truth
-        text_queries.append(Query(j, captions[j], image_paths[gt], rank, [
+        text_queries.append(Query(j, captions[j], image_paths[gt], int(t2i_ranks[j]), [
             Hit(i, float(scores[i]), i == gt, image_path=image_paths[i], image_id=str(image_ids[i])) for i in order]))
     image_queries = []
     for i in pick(num_images, n_queries, seed):
         scores, true = sim[i], txt2img == i
         order = torch.sort(scores, descending=True, stable=True).indices[:k_txt].tolist()
-        best_true = scores[true].max()
-        rank = int((scores[~true] >= best_true).sum())
-        image_queries.append(Query(i, str(image_ids[i]), image_paths[i], rank, [
+        image_queries.append(Query(i, str(image_ids[i]), image_paths[i], int(i2t_ranks[i]), [
             Hit(j, float(scores[j]), bool(true[j]), text=captions[j]) for j in order]))
     return Sheet(split, source, text_queries, image_queries)
 
@@ -103,33 +103,19 @@ def sheet_for_checkpoint(path: str, split_name: str, n_queries: int, seed: Optio
     (sheet, sim, txt2img) — the last two so callers can check them against evaluation's metrics."""
     import torch
 
-    from icsd.config import apply_overrides, config_from_dict, load_config
     from icsd.data.build import load_data_split
-    from icsd.data.datasets import EvalImages, EvalTexts
     from icsd.distributed import DistEnv, select_device
-    from icsd.evaluate import encode_in_batches
+    from icsd.evaluate import encode_split
     from icsd.models import build_model_for
-    from icsd.pretrained import load_checkpoint_or_export
+    from icsd.pretrained import config_for_weights, load_checkpoint_or_export
 
     state = load_checkpoint_or_export(path)
-    if config is not None:
-        cfg = load_config(config, list(opts))
-    elif state.get("config") is not None:
-        cfg = config_from_dict(apply_overrides(state["config"], list(opts)), f"config saved in {path}")
-    else:
-        raise ICSDError(f"{path} holds no config: pass --config")
+    cfg = config_for_weights(state, path, config, opts)
     env = DistEnv(device=select_device(device or cfg.train.device))
     split = load_data_split(cfg.data, split_name)
     model, backbone = build_model_for(cfg, env, state["model"], path)
-    model.eval()
-    texts = EvalTexts(split, backbone.tokenizer)
-    args = (env, cfg.data.num_workers, cfg.train.precision)
+    f_img, f_txt, texts = encode_split(model, split, backbone.pixels, backbone.tokenizer, cfg, env)
     with torch.no_grad():
-        pixels = backbone.pixels
-        f_img = encode_in_batches(lambda images: model.encode_image(pixels.normalize(images)),
-                                  EvalImages(split, pixels.host),
-                                  cfg.eval.image_batch_size, *args)
-        f_txt = encode_in_batches(model.encode_text, texts, cfg.eval.text_batch_size, *args)
         sim = (f_img.to(env.device) @ f_txt.to(env.device).t()).cpu()
     captions = [split.captions[t] for t in texts.order]  # column j of sim is record texts.order[j]
     sheet = compute_sheet(sim, texts.txt2img, captions, split.image_ids, split.image_paths, n_queries, seed,
@@ -239,15 +225,12 @@ def render_html(sheet: Sheet, out: str) -> None:
         f.write("\n".join(parts))
 
 
+RENDERERS = {".png": render_png, ".html": render_html, ".htm": render_html}
+
+
 def write_outputs(sheet: Sheet, outs: Sequence[str]) -> None:
     for out in outs:
-        ext = os.path.splitext(out)[1].lower()
-        if ext == ".png":
-            render_png(sheet, out)
-        elif ext in (".html", ".htm"):
-            render_html(sheet, out)
-        else:
-            raise ICSDError(f"--out {out}: the extension must be .png or .html")
+        RENDERERS[os.path.splitext(out)[1].lower()](sheet, out)
 
 
 def parse_args(argv):
@@ -272,7 +255,7 @@ def main(argv=None) -> int:
         if args.queries < 1:
             raise ICSDError("--queries must be >= 1")
         for out in args.out:
-            if os.path.splitext(out)[1].lower() not in (".png", ".html", ".htm"):
+            if os.path.splitext(out)[1].lower() not in RENDERERS:
                 raise ICSDError(f"--out {out}: the extension must be .png or .html")
         sheet, _, _ = sheet_for_checkpoint(args.checkpoint, args.split, args.queries, args.seed, args.config,
                                            args.opts, args.device)

@@ -80,20 +80,29 @@ def test_check_data_lists_every_unreadable_image_with_counts(tmp_path, data, cap
 
 
 def test_truncated_train_image_mid_epoch_keeps_the_finished_steps(tmp_path, data, capsys):
+    from torch.utils.data import DistributedSampler
+
     code, run_dir, _ = train(tmp_path, data)
     assert code == 0
-    train_records = json.load(open(data / "train.json"))
-    bad = os.path.normpath(os.path.join(str(data), train_records[0]["image_path"]))
+    records = json.load(open(data / "train.json"))
+    # Epoch 2's order (seed 42, batch 32, one process): an image first needed by a batch after step 2
+    sampler = DistributedSampler(range(len(records)), num_replicas=1, rank=0, shuffle=True, seed=42, drop_last=True)
+    sampler.set_epoch(2)
+    first_step = {}
+    for position, record in enumerate(sampler):
+        first_step.setdefault(records[record]["image_path"], position // 32)
+    image, step = next((image, step) for image, step in first_step.items() if 2 <= step < 9)
+    bad = os.path.normpath(os.path.join(str(data), image))
     truncate(bad)
     code, _, _ = train(tmp_path, data, "train.epochs=2", resume="auto")
     out = capsys.readouterr()
     assert code == 1 and f"error: cannot read image {bad}" in out.err
     state = load_checkpoint(os.path.join(run_dir, "checkpoint_last.pth"))
-    assert state["epoch"] == 1 and state["position"]["epoch"] == 2
-    assert f"stopped in epoch 2 at step {state['position']['update']}/9 on an unreadable training image" in out.out
+    assert state["epoch"] == 1 and state["position"]["epoch"] == 2 and state["position"]["update"] == step
+    assert f"stopped in epoch 2 at step {step}/9 on an unreadable training image" in out.out
     assert [json.loads(line)["epoch"] for line in open(os.path.join(run_dir, "log.jsonl"))] == [1]
     os.remove(bad)
-    os.symlink(os.path.join(EXAMPLE_DATA, train_records[0]["image_path"]), bad)  # fixed: the run continues
+    os.symlink(os.path.join(EXAMPLE_DATA, image), bad)  # fixed: the run continues
     code, _, _ = train(tmp_path, data, "train.epochs=2", resume="auto")
     assert code == 0 and load_checkpoint(os.path.join(run_dir, "checkpoint_last.pth"))["epoch"] == 2
 

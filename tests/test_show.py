@@ -9,8 +9,11 @@ import torch
 from PIL import Image
 
 from icsd import show
+from icsd.config import load_config
+from icsd.data.build import load_data_split
 from icsd.metrics import recall_from_ranks, similarity_ranks
 
+from conftest import EXAMPLE_CONFIG, tiny_overrides
 from example_runs import example_runs
 
 
@@ -36,7 +39,10 @@ def test_compute_sheet_on_known_scores():
     assert [(h.text, h.correct) for h in i0.hits] == [("c0", True), ("c2", False)] and i0.gt_rank == 0
     assert [(h.text, h.correct) for h in i1.hits] == [("c4", False), ("c5", False)] and i1.gt_rank == 4
     assert [(h.text, h.correct) for h in i2.hits] == [("c3", False), ("c4", True)] and i2.gt_rank == 1
-    assert show.pick(100, 3) == [0, 50, 99] and show.pick(100, 3, seed=1) == show.pick(100, 3, seed=1)
+    assert show.pick(100, 3) == [0, 50, 99] and show.pick(5, 9) == [0, 1, 2, 3, 4]
+    drawn = show.pick(100, 3, seed=1)
+    assert drawn == sorted(set(drawn)) and len(drawn) == 3 and all(0 <= i < 100 for i in drawn)
+    assert drawn == show.pick(100, 3, seed=1) and drawn != show.pick(100, 3, seed=2) != [0, 50, 99]
 
 
 def test_sheet_png_and_html(runs, tmp_path, capsys):
@@ -56,6 +62,16 @@ def test_sheet_png_and_html(runs, tmp_path, capsys):
     for q in sheet.image_queries:
         assert [h.correct for h in q.hits] == [int(txt2img[h.index]) == q.index for h in q.hits]
         assert any(h.correct for h in q.hits) == (q.gt_rank < 5)
+    # Texts and images as the annotation pairs them (not through the sheet's own index maps)
+    split = load_data_split(load_config(EXAMPLE_CONFIG, tiny_overrides()).data, "test")
+    images_of = {}
+    for record, caption in enumerate(split.captions):
+        images_of.setdefault(caption, set()).add(split.image_paths[split.txt2img[record]])
+    for q in sheet.text_queries:
+        assert q.image_path in images_of[q.text]
+    for q in sheet.image_queries:
+        assert q.image_path == split.image_paths[q.index]
+        assert [h.correct for h in q.hits] == [q.image_path in images_of[h.text] for h in q.hits]
 
     png, page = str(tmp_path / "sheet.png"), str(tmp_path / "sheet.html")
     assert show.main([best, "--split", "test", "--queries", "3", "--out", png, page]) == 0

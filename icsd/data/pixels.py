@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torchvision import transforms as T
@@ -25,9 +26,15 @@ class PixelTransform:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float32 model input: exactly ``Normalize(ToTensor(image))``, on the batch's device."""
-        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+        mean, std = _channel_values(self.mean, images.device), _channel_values(self.std, images.device)
         return images.to(torch.float32).div(255).sub(mean).div(std)
+
+
+@cache
+def _channel_values(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as a float32 [C, 1, 1] tensor on ``device``, made once: built from Python numbers on every
+    batch, it would be a blocking host-to-device copy per step."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
 
 
 def split_transform(transform: T.Compose) -> PixelTransform:

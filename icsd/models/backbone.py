@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import open_clip
@@ -19,7 +20,11 @@ class Backbone:
     embed_dim: int
     transform: Callable  # the backbone's eval transform (resize, centre crop, normalise): PIL -> float tensor
     tokenizer: Callable
-    pixels: PixelTransform  # the same transform split: uint8 in the loader, normalised on the device
+
+    @cached_property
+    def pixels(self) -> PixelTransform:
+        """The same transform split: uint8 in the loader, normalised on the device."""
+        return split_transform(self.transform)
 
 
 def resolve_model_name(clip: str) -> str:
@@ -64,4 +69,4 @@ def build_backbone(cfg: ModelConfig) -> Backbone:
         raise
     model_cfg = open_clip.get_model_config(name)
     embed_dim = int(model_cfg["embed_dim"]) if model_cfg else int(clip.text_projection.shape[1])
-    return Backbone(clip, embed_dim, transform, open_clip.get_tokenizer(name), split_transform(transform))
+    return Backbone(clip, embed_dim, transform, open_clip.get_tokenizer(name))
