@@ -1,7 +1,7 @@
 """Benchmark: images/s of the training loader by worker count, original COCO-size JPEGs vs the prepared
 image cache (SPEC section 10).
 
-    .venv/bin/python bench/data_loader.py                        # workers 0 1 2, 192 images, ViT-B-32 transform
+    .venv/bin/python bench/data_loader.py                        # workers 0 1 2, 512 images, ViT-B-32 transform
     .venv/bin/python bench/data_loader.py --workers 0 4 8 16 --images 2000 --model ViT-L-14-336
 
 Images: --images synthetic 640x480 JPEGs (COCO's usual size) at quality 90, with photo-like content
@@ -11,7 +11,9 @@ The cache is built from them with icsd.prep.resize (shorter side = the model's i
 Both are read through the project's training dataset (icsd.data.datasets.TrainPairs: decode, the geometry
 of the model's transform to a uint8 tensor, tokenize; normalisation runs on the device in training, see
 icsd.data.pixels; the cached split through icsd.data.build.training_split, as training does) under a
-DataLoader of batch --batch-size, the same loader settings as training (no teacher features).
+DataLoader of batch --batch-size in file order (no sampler, pinning or teacher features). Give each worker
+several batches (--images >= 4 x workers x --batch-size): the first batch is excluded from the timing, and the
+batches the other workers decode alongside it would inflate the rate.
 --full-transform times the whole float transform in the workers instead (the pipeline before uint8 loading).
 
 Columns, one row per worker count:
@@ -22,7 +24,7 @@ Columns, one row per worker count:
   orig_per_worker  orig_img_s / max(workers, 1)
   cache_per_worker cache_img_s / max(workers, 1)
   ratio            cache_img_s / orig_img_s (acceptance: >= 3 per worker on this 2-core machine)
-With CUDA, a last row "gpu decode" gives torchvision.io.decode_jpeg on the GPU (batched, + resize and centre
+With CUDA, a last row "gpu dec" gives torchvision.io.decode_jpeg on the GPU (batched, + resize and centre
 crop to the input size on the GPU) in images/s for the original files, in the orig column (the cache column
 repeats it for the cached files). Rates on a shared machine vary: both sources are timed alternately.
 """
@@ -119,7 +121,7 @@ def gpu_decode_rate(paths: list[str], size: int, batch_size: int) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="num_workers values")
-    parser.add_argument("--images", type=int, default=192, help="images per pass")
+    parser.add_argument("--images", type=int, default=512, help="images per pass")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", default="ViT-B-32", help="open_clip model whose transform and input size are used")
     parser.add_argument("--source", default=None, help="a folder of real images instead of synthetic ones")

@@ -22,7 +22,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
 LOGS=${1:-gpu_check_logs}
 mkdir -p "$LOGS"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -66,7 +66,7 @@ run_step vitl14_336_b16 70 "$PY" bench/train_step.py --device cuda --model ViT-L
     --precision amp_bf16 --steps 8 --warmup 3
 run_step vitl14_336_b16_gc 70 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu \
     --batch-size 16 --precision amp_bf16 --steps 8 --warmup 3 --grad-checkpointing
-run_step loader_w16 55 "$PY" bench/data_loader.py --workers 16 --images 512 --repeats 1 --batch-size 64
+run_step loader_w16 90 "$PY" bench/data_loader.py --workers 16 --images 1024 --repeats 1 --batch-size 16
 
 echo "# gpu_check on $GPU, $(date -u +%Y-%m-%dT%H:%MZ), logs in $LOGS/"
 printf '%-20s %-14s %8s  %s\n' step status seconds numbers

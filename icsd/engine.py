@@ -163,16 +163,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer, scheduler, sc
             step = update + 1
             if step % t.log_every == 0 or step == updates_per_epoch:
                 # The one host sync of the interval; all ranks reduce here, so all stop together on a NaN.
-                _check_finite(sums, names, state.epoch, step * accum)
-                elapsed = seconds + time.perf_counter() - start
-                scalars = _interval_scalars(sums, names, step * accum, optimizer, elapsed, data_seconds,
-                                            (step - done_before) * accum * t.batch_size * env.world_size,
-                                            time.perf_counter() - start, env)
-                scalars["eta_seconds"] = (updates_per_epoch - step) * (time.perf_counter() - start) / max(
-                    1, step - done_before)
-                progress.update(step, scalars)
-                if on_log is not None:
-                    on_log(scalars, num_updates)
+                _check_finite(sums, names, state.epoch, step)
+                if env.is_main:  # the progress line and the trackers are rank 0's
+                    elapsed = seconds + time.perf_counter() - start
+                    scalars = _interval_scalars(sums, names, step * accum, optimizer, elapsed, data_seconds,
+                                                (step - done_before) * accum * t.batch_size * env.world_size,
+                                                time.perf_counter() - start, env)
+                    scalars["eta_seconds"] = (updates_per_epoch - step) * (time.perf_counter() - start) / max(
+                        1, step - done_before)
+                    progress.update(step, scalars)
+                    if on_log is not None:
+                        on_log(scalars, num_updates)
             every = t.checkpoint_every_steps
             if save_recovery is not None and every and num_updates % every == 0 and step < updates_per_epoch:
                 save_recovery(snapshot(step))  # the snapshot reads the loss sums back: only when saving

@@ -197,13 +197,11 @@ class RunFolder:
     def _links_and_log(self, state: dict, epoch: int) -> None:
         if state["best"]["epoch"] == epoch:
             link_checkpoint(self.last, self.best)
-        kill_point("best_linked", epoch)
         save_every = self.cfg.train.save_every
         if save_every and epoch % save_every == 0:
             link_checkpoint(self.last, self.epoch_file(epoch))
         kill_point("epoch_linked", epoch)
         self.write_log(state["log"])
-        kill_point("log_written", epoch)
 
 
 def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICSDModel:

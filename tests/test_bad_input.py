@@ -14,6 +14,7 @@ import torch
 
 import retrieval
 from icsd.checkpoint import load_checkpoint
+from icsd.config import load_config
 
 from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA, tiny_overrides
 
@@ -71,12 +72,28 @@ def test_check_data_lists_every_unreadable_image_with_counts(tmp_path, data, cap
     for name in names[:3]:
         truncate(data / "pics" / name)
     code = retrieval.main(["--config", EXAMPLE_CONFIG, "--check-data", "--opts", *tiny_overrides(
-        f"data.root={data}", "eval.splits=[val, test]", "data.num_workers=2")])
+        f"data.root={data}", "data.image_root=null", "eval.splits=[val, test]", "data.num_workers=2")])
     out = capsys.readouterr()
     assert code == 1 and "error: 3 unreadable image(s) in the splits train, val, test" in out.err
     for name in names[:3]:
         assert f"cannot read image {data}/pics/{name}" in out.out
     assert "train: 60 images, 300 captions" in out.out and "unreadable image(s)" in out.out
+
+
+def test_check_data_reads_the_training_images_from_the_prepared_cache(tmp_path, data, capsys):
+    from icsd.data.build import load_data_split
+    from icsd.prep.resize import resize_images
+
+    train = load_data_split(load_config(EXAMPLE_CONFIG, tiny_overrides(f"data.root={data}")).data, "train")
+    cache = tmp_path / "cache"
+    resize_images([(p, os.path.relpath(p, data)) for p in train.image_paths], str(cache), str(data), 64)
+    cached = cache / os.path.relpath(train.image_paths[0], data)
+    truncate(cached)
+    code = retrieval.main(["--config", EXAMPLE_CONFIG, "--check-data", "--opts", *tiny_overrides(
+        f"data.root={data}", f"data.image_root={cache}", "eval.splits=[val]")])
+    out = capsys.readouterr()
+    assert code == 1 and "error: 1 unreadable image(s) in the splits train, val" in out.err
+    assert f"train: cannot read image {cached}" in out.out
 
 
 def test_truncated_train_image_mid_epoch_keeps_the_finished_steps(tmp_path, data, capsys):

@@ -49,7 +49,7 @@ def test_resize_resumes_and_redoes_a_torn_output(tmp_path):
     images = example_images()
     resize.resize_images(images[:3], str(tmp_path), EXAMPLE_DATA, size=64)
     torn = tmp_path / images[1][1]
-    torn.write_bytes(torn.read_bytes()[:50])  # as a kill in the middle of a copy would leave it
+    torn.write_bytes(torn.read_bytes()[:len(torn.read_bytes()) // 2])  # as a kill in mid-copy would leave it
     manifest = resize.resize_images(images, str(tmp_path), EXAMPLE_DATA, size=64)
     assert manifest["last_run"] == {"done": 4, "skipped": 2, "failed": 0} and manifest["count"] == 6
     with Image.open(torn) as image:
@@ -97,6 +97,8 @@ def test_command_prepares_the_splits_a_config_names(tmp_path, capsys):
     assert json.load(open(tmp_path / "c" / "manifest.json"))["size"] == 64
     with pytest.raises(ConfigError, match="--size is required"):
         run_command(["--root", EXAMPLE_DATA, "--out", str(tmp_path / "d")])
+    with pytest.raises(ConfigError, match=r"--size 48 is below the input size of the config's model \(64\)"):
+        run_command(["--config", str(config), "--size", "48", "--splits", "val", "--no-progress"])
 
 
 def test_training_reads_the_cache_and_a_missing_image_stops_before_training(tmp_path):

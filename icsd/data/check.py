@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from icsd.config import Config
-from icsd.data.build import load_data_split, load_teacher_features
+from icsd.data.build import load_data_split, load_teacher_features, training_split
 from icsd.data.datasets import load_image
 from icsd.errors import DataError, ImageReadError
 
@@ -54,6 +54,8 @@ def check_data(cfg: Config, with_teachers: bool) -> None:
         split = load_data_split(cfg.data, name)
         if with_teachers and name == cfg.data.train_split:
             load_teacher_features(cfg.data, split)
+        if name == cfg.data.train_split:
+            split = training_split(cfg.data, split)  # the prepared cache when data.image_root is set
         errors = unreadable_images(split.image_paths, cfg.data.num_workers)
         for error in errors:
             logger.info(f"  {name}: {error}")

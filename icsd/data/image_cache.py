@@ -14,8 +14,6 @@ from icsd.config import DataConfig
 from icsd.data.annotations import Split
 from icsd.errors import DataError
 
-MANIFEST = "manifest.json"
-
 
 def relative_image_path(image_path: str, data_root: str) -> str:
     """The path the cache stores ``image_path`` under (``image_path`` as ``load_split`` resolved it)."""

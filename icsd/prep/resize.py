@@ -44,9 +44,10 @@ def target_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def is_prepared(path: str, expected: tuple[int, int]) -> bool:
-    """A finished output: it opens as an image of the expected size (a torn or foreign file does not)."""
+    """A finished output: it decodes fully to an image of the expected size (a torn or foreign file does not)."""
     try:
         with Image.open(path) as image:
+            image.load()  # a file cut after its header opens, and fails only here
             return image.size == expected
     except (OSError, ValueError):
         return False
@@ -76,7 +77,7 @@ def _prepare_job(job: tuple[str, str, int, int]):
     return prepare_image(*job)
 
 
-def check_manifest(out: str, source_root: str, size: int, quality: int) -> dict:
+def check_manifest(out: str, size: int, quality: int) -> dict:
     """The cache's existing manifest (empty for a new cache); a cache made with other settings is refused,
     so a resumed run never mixes two sizes."""
     path = os.path.join(out, MANIFEST)
@@ -105,7 +106,7 @@ def resize_images(images: list[tuple[str, str]], out: str, source_root: str, siz
     if size < 1 or not 1 <= quality <= 100:
         raise ConfigError(f"--size must be >= 1 and --quality in 1..100, got {size} and {quality}")
     os.makedirs(out, exist_ok=True)
-    manifest = check_manifest(out, source_root, size, quality)
+    manifest = check_manifest(out, size, quality)
     prepared = dict(manifest.get("images", {}))
     jobs = [(src, os.path.join(out, rel), size, quality) for src, rel in images]
     rel_of = {os.path.join(out, rel): rel for _, rel in images}
@@ -173,10 +174,15 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError("--out is required (or a --config whose data.image_root is set)")
     out = os.path.join(args.root, args.out) if from_config_out else args.out
     size = args.size
-    if size is None and args.config:
+    if args.config:
         from icsd.config import load_config
 
-        size = model_input_size(load_config(args.config).model.clip)
+        needed = model_input_size(load_config(args.config).model.clip)
+        if size is None:
+            size = needed
+        elif needed is not None and size < needed:
+            raise ConfigError(f"--size {size} is below the input size of the config's model ({needed}): the "
+                              f"training transform would enlarge the cached images")
     if size is None:
         raise ConfigError("--size is required (or a --config whose model has a known input size)")
     images: dict[str, str] = {}
