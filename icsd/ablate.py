@@ -23,8 +23,8 @@ from typing import Optional
 from icsd.command import run_command
 from icsd.config import load_config
 from icsd.errors import ICSDError
-from icsd.report import report
-from icsd.runs import LAST_CHECKPOINT, LOG, SEED_SUFFIX, read_log
+from icsd.report import names_group, report
+from icsd.runs import LAST_CHECKPOINT, LOG, SEED_SUFFIX, read_log, short_names
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,11 @@ def main(argv=None) -> int:
         if args.nproc is not None and args.nproc < 1:
             raise ICSDError("--nproc must be >= 1")
         jobs = plan(args.configs, args.seeds or [None], args.opts, args.nproc)
-        names = {os.path.basename(SEED_SUFFIX.sub("", os.path.normpath(job.run_dir))) for job in jobs}
-        if args.baseline is not None and args.baseline not in names:  # found out now, not after the runs
-            raise ICSDError(f"--baseline {args.baseline} is none of the runs' configs ({', '.join(sorted(names))})")
+        groups = list(dict.fromkeys(SEED_SUFFIX.sub("", os.path.normpath(job.run_dir)) for job in jobs))
+        names = sorted(short_names(groups).values())  # as the report will show them
+        if args.baseline is not None and not any(names_group(args.baseline, n) for n in names):
+            # found out now, not after the runs
+            raise ICSDError(f"--baseline {args.baseline} is none of the runs' configs ({', '.join(names)})")
         code = run_jobs(jobs, args.dry_run)
         if code != 0 or args.dry_run:
             return code

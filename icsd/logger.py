@@ -36,17 +36,19 @@ def env_rank() -> int:
 
 
 def setup_logging(rank: int | None = None) -> logging.Logger:
-    """(Re)configure the ``icsd`` logger for this process: console handler, level by rank. Idempotent."""
+    """(Re)configure the ``icsd`` logger for this process: console handler, level by rank. Idempotent.
+    The ``__main__`` logger gets the same: a module run with ``python -m icsd.<tool>`` logs under that name."""
     rank = env_rank() if rank is None else rank
-    logger = logging.getLogger(ROOT_LOGGER)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    console = _ConsoleHandler()
-    console.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(console)
-    logger.propagate = False  # the entry points own the output; never doubled through the root logger
+    for name in ("__main__", ROOT_LOGGER):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+        console = _ConsoleHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(console)
+        logger.propagate = False  # the entry points own the output; never doubled through the root logger
     return logger
 
 

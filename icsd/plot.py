@@ -121,10 +121,6 @@ def plot_runs(patterns: list[str], out: str, figsize: tuple[float, float] = (12.
     return fig, data
 
 
-def lines_per_axis(fig) -> dict[str, int]:
-    return {ax.get_title(): len(ax.get_lines()) for ax in fig.axes}
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m icsd.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -128,10 +128,15 @@ def build_rows(runs: list[Run], val_split: str = "val", test_split: str = "test"
     return rows
 
 
+def names_group(baseline: str, shown_name: str) -> bool:
+    """``--baseline`` names a group by its shown name or the name's last path component."""
+    return baseline in (shown_name, shown_name.rsplit("/", 1)[-1])
+
+
 def add_deltas(rows: list[Row], baseline: str) -> None:
     """Test-metric deltas (mean minus the baseline's mean) to the finished baseline row of the same
-    backbone and data; ``baseline`` names a group by its shown name or its last path component."""
-    matches = [r for r in rows if r.finished and baseline in (r.name, r.name.rsplit("/", 1)[-1])]
+    backbone and data (``baseline``: see ``names_group``)."""
+    matches = [r for r in rows if r.finished and names_group(baseline, r.name)]
     if not matches:
         available = sorted({r.name for r in rows if r.finished})
         raise ReportError(f"--baseline {baseline}: no finished run group of that name (groups: "

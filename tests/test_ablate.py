@@ -73,5 +73,11 @@ def test_commands_and_early_errors(tmp_path, capsys):
     assert ablate.main(["--configs", os.path.join(REPO, "configs", "example", "icsd.yaml"), "--baseline",
                         "contrastive", "--dry-run"]) == 1
     assert capsys.readouterr().err == "error: --baseline contrastive is none of the runs' configs (icsd)\n"
+    # as the report names groups: the shown name (two icsd groups) or its last component
+    paper = [os.path.join(REPO, "configs", "vitb32", data, "icsd.yaml") for data in ("coco", "flickr")]
+    for baseline, code in (("coco/icsd", 0), ("icsd", 0), ("vitb32/coco/icsd", 1)):
+        assert ablate.main(["--configs", *paper, "--baseline", baseline, "--dry-run"]) == code, baseline
+    assert capsys.readouterr().err == ("error: --baseline vitb32/coco/icsd is none of the runs' configs "
+                                       "(coco/icsd, flickr/icsd)\n")
     (job,) = ablate.plan([os.path.join(REPO, "configs", "example", "icsd.yaml")], [None], [])
     assert job.command[0] == sys.executable

@@ -14,6 +14,10 @@ def runs(tmp_path_factory):
     return example_runs(tmp_path_factory)
 
 
+def lines_per_axis(fig) -> dict[str, int]:
+    return {ax.get_title(): len(ax.get_lines()) for ax in fig.axes}
+
+
 def logged(records, keys):
     return [k for k in keys if any(k in r for r in records)]
 
@@ -33,7 +37,7 @@ def test_two_runs_overlaid(runs, tmp_path):
                 "learning rate": 2,
                 "r_mean per split": sum(len(logged(log, ("val_r_mean", "test_r_mean"))) for log in logs)}
     assert expected == {"loss terms": 6, "temperatures": 6, "learning rate": 2, "r_mean per split": 4}
-    assert plot.lines_per_axis(fig) == expected
+    assert lines_per_axis(fig) == expected
     assert {t: len(s) for t, s in data.items()} == expected
     (loss_ax,) = [ax for ax in fig.axes if ax.get_title() == "loss terms"]
     (line,) = [ln for ln in loss_ax.get_lines() if ln.get_label() == "icsd: loss"]
@@ -43,7 +47,7 @@ def test_two_runs_overlaid(runs, tmp_path):
 
 def test_seeds_of_one_config_are_a_mean_line_with_a_band(runs, tmp_path):
     fig, data = plot.plot_runs(runs["icsd"], str(tmp_path / "seeds.png"))
-    assert plot.lines_per_axis(fig)["learning rate"] == 1
+    assert lines_per_axis(fig)["learning rate"] == 1
     (ax,) = [ax for ax in fig.axes if ax.get_title() == "r_mean per split"]
     (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("icsd: val_r_mean")]
     logs = [read_log(d) for d in runs["icsd"]]

@@ -69,6 +69,14 @@ def test_icsd_imports_from_another_folder_and_prep_runs_as_a_module(tmp_path):
     assert out.returncode == 0 and "karpathy" in out.stdout and "extract-image" in out.stdout, out.stderr
 
 
+def test_a_tool_run_as_a_module_shows_its_own_messages(tmp_path):
+    """``python -m icsd.ablate``: the module logs as ``__main__``, which must reach the console too."""
+    config = os.path.join(REPO, "configs", "example", "icsd.yaml")
+    out = subprocess.run([sys.executable, "-m", "icsd.ablate", "--configs", config, "--dry-run", "--opts",
+                          f"output_dir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"[1/1] {tmp_path}/run_seed42: would run: " in out.stdout, out.stderr
+
+
 @pytest.mark.parametrize("script", DATASET_SCRIPTS)
 def test_every_dataset_script_and_prep_command_has_help(script, capsys):
     from icsd.prep.__main__ import COMMANDS, main
