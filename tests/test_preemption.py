@@ -37,16 +37,29 @@ def run(argv: list[str], env: dict = ENV) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def run_until(argv: list[str], marker: str, sig: int) -> subprocess.CompletedProcess:
+def torchrun_worker(agent_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker process of ``rank`` (the agent's child whose RANK is ``rank``)."""
+    import psutil
+
+    for child in psutil.Process(agent_pid).children(recursive=True):
+        if child.environ().get("RANK") == str(rank):
+            return child.pid
+    raise AssertionError(f"no torchrun worker of rank {rank}")
+
+
+def run_until(argv: list[str], marker: str, sig: int, rank: int | None = None) -> subprocess.CompletedProcess:
     """Start ``argv`` in its own process group; when ``marker`` appears in its output, send ``sig`` to the
-    whole group (as a cluster scheduler does) and wait for it to end."""
+    whole group (as a cluster scheduler does), or only to torchrun's worker of ``rank``; wait for the end."""
     proc = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if marker in line:
-            os.killpg(proc.pid, sig)
+            if rank is None:
+                os.killpg(proc.pid, sig)
+            else:
+                os.kill(torchrun_worker(proc.pid, rank), sig)
             break
     rest, _ = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(argv, proc.returncode, "".join(lines) + rest, "")
@@ -108,11 +121,13 @@ def test_checkpoint_every_steps_survives_kill_9(tmp_path, reference):
 
 
 def test_sigterm_under_torchrun_stops_every_rank_and_resumes_exactly(tmp_path):
+    """SIGTERM to rank 1 alone: rank 0 learns of it through the per-step agreement and stops at the same
+    step (it is rank 0 that reports the stop and writes the recovery checkpoint)."""
     ref = str(tmp_path / "ref")
     proc = run(command(ref, 2))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = str(tmp_path / "run")
-    proc = run_until(command(out, 2), "epoch 1/2 step 4/9", signal.SIGTERM)
+    proc = run_until(command(out, 2), "epoch 1/2 step 4/9", signal.SIGTERM, rank=1)
     assert proc.returncode != 0
     assert proc.stdout.count("stopped by SIGTERM in epoch 1 at step") == 1, proc.stdout[-4000:]
     state = load_checkpoint(os.path.join(out + "_seed42", "checkpoint_last.pth"))
