@@ -11,12 +11,14 @@ it like the checkpoint, with the same numbers.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
 import sys
 from typing import Optional
 
+from icsd.atomic import write_atomic, write_text_atomic
 from icsd.checkpoint import load_checkpoint
 from icsd.command import run_command
 from icsd.errors import CheckpointError, ICSDError
@@ -43,21 +45,6 @@ def logged_metrics(checkpoint: str, epoch: Optional[int]) -> dict:
     return {k: v for k, v in record.items() if k.startswith(METRIC_PREFIXES)}
 
 
-def write_atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_text(path: str, text: str) -> None:
-    write_atomic(path, lambda p: _write(p, text))
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def export_checkpoint(checkpoint: str, out_dir: str, force: bool = False) -> dict:
     """Write the export folder; returns its ``export.json`` content. ``export.json`` is written last, so a
     folder without it is an interrupted export (``load_pretrained`` says so)."""
@@ -74,20 +61,20 @@ def export_checkpoint(checkpoint: str, out_dir: str, force: bool = False) -> dic
     if os.path.exists(info_path):
         os.remove(info_path)  # the folder is incomplete until the new record is written
 
-    config = json.loads(json.dumps(state["config"]))  # a deep copy
+    config = copy.deepcopy(state["config"])
     original_pretrained = config.get("model", {}).get("pretrained")
     config.setdefault("model", {})["pretrained"] = None
     weights = plain_tensors(state["model"])
     weights_path = os.path.join(out_dir, WEIGHTS)
     write_atomic(weights_path, lambda p: save_file(weights, p, metadata={"format": "pt"}))
     os.chmod(weights_path, 0o644)  # safetensors creates the file private; an export is meant to be shared
-    write_text(os.path.join(out_dir, CONFIG), yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(os.path.join(out_dir, CONFIG), yaml.safe_dump(config, sort_keys=False))
     info = {"format": FORMAT, "format_version": FORMAT_VERSION, "source_checkpoint": os.path.abspath(checkpoint),
             "epoch": state.get("epoch"), "best": state.get("best"), "trained_from": original_pretrained,
             "num_tensors": len(weights), "num_parameters": sum(t.numel() for t in weights.values()),
             "weights_bytes": os.path.getsize(weights_path),
             "metrics": logged_metrics(checkpoint, state.get("epoch"))}
-    write_text(info_path, json.dumps(info, indent=2))
+    write_text_atomic(info_path, json.dumps(info, indent=2))
     return info
 
 

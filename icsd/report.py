@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from icsd.command import run_command
-from icsd.runs import ReportError, Run, group_runs, is_number, load_runs, short_names
+from icsd.runs import ReportError, Run, group_runs, load_runs, short_names
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def ordered_metrics(keys: set[str]) -> list[str]:
 def aggregate(runs: list[Run], split: str) -> dict[str, Stat]:
     """Mean ± std of ``split``'s best-checkpoint metrics over ``runs`` (metrics every run has)."""
     per_run = [run.split_metrics(split) for run in runs]
-    common = set.intersection(*(set(k for k, v in m.items() if is_number(v)) for m in per_run)) if per_run else set()
+    common = set.intersection(*(set(m) for m in per_run))  # a group has at least one run
     return {k: Stat.of([m[k] for m in per_run]) for k in ordered_metrics(common)}
 
 

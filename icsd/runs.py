@@ -77,14 +77,13 @@ class Run:
         """``split``'s metrics of the best checkpoint: an eval JSON's when there is one, else the best
         epoch's log line's; {} when neither holds the split."""
         if split in self.eval_results:
-            return dict(self.eval_results[split])
+            return {k: v for k, v in self.eval_results[split].items() if is_number(v)}
         best = self.best_epoch
         record = next((r for r in self.records if r.get("epoch") == best), None) if best is not None else None
         if record is None:
             return {}
         prefix = f"{split}_"
-        return {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)
-                and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix) and is_number(v)}
 
 
 def read_log(path: str) -> list[dict]:

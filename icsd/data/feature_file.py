@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from icsd.atomic import write_text_atomic
 from icsd.data.jsonio import read_json
 from icsd.errors import DataError
 
@@ -42,10 +43,7 @@ def read_meta(path: str) -> Optional[dict]:
 
 
 def write_meta(path: str, meta: dict) -> None:
-    tmp = meta_path(path) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, meta_path(path))
+    write_text_atomic(meta_path(path), json.dumps(meta))
 
 
 def npy_is_pickled(path: str) -> bool:
@@ -243,10 +241,8 @@ class FeatureWriter:
         self._write_progress()
 
     def _write_progress(self) -> None:
-        tmp = self.progress_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"rows_done": self.rows_done, "dim": self.dim, "job": self.job}, f)
-        os.replace(tmp, self.progress_path)
+        write_text_atomic(self.progress_path, json.dumps({"rows_done": self.rows_done, "dim": self.dim,
+                                                          "job": self.job}))
 
     # -- writing ---------------------------------------------------------------------------------
     def write(self, block) -> None:

@@ -25,6 +25,7 @@ from typing import Optional
 
 from PIL import Image
 
+from icsd.atomic import write_text_atomic
 from icsd.errors import ConfigError, DataError
 from icsd.prep.common import add_data_arguments, resolve_data_arguments
 
@@ -93,10 +94,7 @@ def check_manifest(out: str, size: int, quality: int) -> dict:
 
 
 def write_manifest(out: str, manifest: dict) -> None:
-    tmp = os.path.join(out, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(out, MANIFEST))
+    write_text_atomic(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def resize_images(images: list[tuple[str, str]], out: str, source_root: str, size: int,

@@ -7,6 +7,7 @@ import os
 import posixpath
 from typing import Mapping, Sequence
 
+from icsd.atomic import write_text_atomic
 from icsd.data.captions import preprocess_caption
 from icsd.errors import DataError
 
@@ -68,10 +69,7 @@ def split_counts(records: Sequence[dict]) -> tuple[int, int]:
 
 def write_json_atomic(path: str, records: Sequence[dict]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(list(records), f, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(list(records), ensure_ascii=False))
 
 
 def write_splits(splits: Mapping[str, Sequence[dict]], root: str, pattern: str,
