@@ -77,14 +77,13 @@ def expand_nodelist(nodelist: str) -> list[str]:
 
 def slurm_environment(environ: Mapping[str, str]) -> Optional[dict[str, str]]:
     """torchrun-style variables derived from an ``srun`` task's environment, or None when torchrun's are set
-    or SLURM's are absent. The step's task count and node list are preferred over the job's (a batch script
-    that runs ``python`` itself, without ``srun``, is one process)."""
-    if "WORLD_SIZE" in environ or "SLURM_PROCID" not in environ:
+    or SLURM's are absent. The world size is the step's task count (``SLURM_STEP_NUM_TASKS``, which srun
+    sets), never the job's ``SLURM_NTASKS``: a batch script that runs ``python`` itself, without ``srun``,
+    is one process, not one rank of a group that never forms."""
+    if "WORLD_SIZE" in environ or "SLURM_PROCID" not in environ or "SLURM_STEP_NUM_TASKS" not in environ:
         return None
-    ntasks = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS"))
-    if ntasks is None:
-        return None
-    out = {"WORLD_SIZE": ntasks, "RANK": environ["SLURM_PROCID"], "LOCAL_RANK": environ.get("SLURM_LOCALID", "0")}
+    out = {"WORLD_SIZE": environ["SLURM_STEP_NUM_TASKS"], "RANK": environ["SLURM_PROCID"],
+           "LOCAL_RANK": environ.get("SLURM_LOCALID", "0")}
     if "MASTER_ADDR" not in environ:
         nodelist = next((environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
                          if environ.get(k)), None)

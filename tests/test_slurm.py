@@ -27,7 +27,8 @@ def test_nodelist_expansion(nodelist, hosts):
     assert expand_nodelist(nodelist) == hosts
 
 
-SRUN = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[3-4]"}
+SRUN = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gpu[3-4]"}
 
 
 def test_slurm_variables_become_torchrun_ones():
@@ -44,6 +45,8 @@ def test_step_values_win_and_given_master_is_kept():
 def test_torchrun_environment_or_no_slurm_leaves_things_alone():
     assert slurm_environment({**SRUN, "WORLD_SIZE": "2"}) is None
     assert slurm_environment({"SLURM_JOB_ID": "7"}) is None  # inside an allocation, not an srun task
+    # a batch script running python itself: the job's 8 tasks, but no srun step: one process
+    assert slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "gpu[3-4]"}) is None
     assert slurm_environment({}) is None
 
 
@@ -59,6 +62,7 @@ def test_two_srun_style_processes_train_one_run(tmp_path):
             if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
             and not k.startswith("SLURM_")}
     base.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "SLURM_NTASKS": "2",
+                 "SLURM_STEP_NUM_TASKS": "2",
                  "SLURM_JOB_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
     opts = tiny_overrides("train.epochs=1", "train.batch_size=16", "eval.splits=[val]",
                           "eval.eval_before_training=false", f"output_dir={tmp_path}/run")
