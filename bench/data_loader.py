@@ -47,6 +47,7 @@ from icsd.config import DataConfig, ModelConfig
 from icsd.data.annotations import load_split
 from icsd.data.build import training_split
 from icsd.data.datasets import TrainPairs
+from icsd.data.image_cache import relative_image_path
 from icsd.prep.resize import model_input_size, resize_images
 
 
@@ -140,8 +141,8 @@ def main(argv=None) -> None:
         annotation = write_dataset(root, args.images, args.source)
         split = load_split("train", annotation, root)
         data = DataConfig(root=root, image_root="cache_images")
-        resize_images([(p, os.path.relpath(p, root)) for p in split.image_paths], os.path.join(root, "cache_images"),
-                      root, size, workers=os.cpu_count() or 1)
+        resize_images([(p, relative_image_path(p, root)) for p in split.image_paths],
+                      os.path.join(root, "cache_images"), root, size, workers=os.cpu_count() or 1)
         transform = backbone.transform if args.full_transform else backbone.pixels.host
         sources = {"orig": TrainPairs(split, transform, backbone.tokenizer),
                    "cache": TrainPairs(training_split(data, split), transform, backbone.tokenizer)}

@@ -57,11 +57,12 @@ def pytest_configure(config):
     import tempfile
 
     from icsd.data.annotations import load_split
+    from icsd.data.image_cache import relative_image_path
     from icsd.prep.resize import resize_images
 
     out = tempfile.mkdtemp(prefix="icsd_test_images64_")
     split = load_split("train", os.path.join(EXAMPLE_DATA, "train.json"), EXAMPLE_DATA)
-    resize_images([(p, os.path.relpath(p, EXAMPLE_DATA)) for p in split.image_paths], out, EXAMPLE_DATA, 64)
+    resize_images([(p, relative_image_path(p, EXAMPLE_DATA)) for p in split.image_paths], out, EXAMPLE_DATA, 64)
     os.environ[IMAGE_CACHE_ENV] = out
     config.add_cleanup(lambda: shutil.rmtree(out, ignore_errors=True))
 
