@@ -90,21 +90,20 @@ def decide_start(resume: Optional[str], run_dir: str) -> tuple[Optional[str], Op
         return None, str(exc)
 
 
-def truncate_log(path: str, last_epoch: int) -> None:
-    """Keep the log records of epochs <= ``last_epoch`` (a resumed run rewrites what came after)."""
+def logged_records(path: str, last_epoch: int) -> list[dict]:
+    """The log file's records of epochs <= ``last_epoch`` (a resumed run rewrites what came after)."""
     if not os.path.isfile(path):
-        return
+        return []
     kept = []
     with open(path) as f:
         for line in f:
             try:
-                if json.loads(line)["epoch"] <= last_epoch:
-                    kept.append(line)
+                record = json.loads(line)
+                if record["epoch"] <= last_epoch:
+                    kept.append(record)
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass  # a line cut short by a crash
-    with open(f"{path}.tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(f"{path}.tmp", path)
+    return kept
 
 
 class ResumableSampler(DistributedSampler):
@@ -183,16 +182,19 @@ class RunFolder:
         kill_point("last_saved", epoch)
         self._links_and_log(state, epoch)
 
-    def restore(self, state: dict, path: str) -> None:
+    def restore(self, state: dict, path: str) -> list[dict]:
         """Resuming from ``state`` (read from ``path``): redo what its epoch's bookkeeping may have missed,
-        drop later records."""
+        drop later records. Returns the log records of the epochs the checkpoint finished."""
         self.remove_temp_files()
-        if state.get("log") is None:  # a checkpoint from before the log travelled with it
-            truncate_log(self.log, state["epoch"])
-        elif state.get("position") is None and os.path.abspath(path) == os.path.abspath(self.last):
+        if state.get("log") is None:  # a checkpoint from before the log travelled with it: the log file's
+            records = logged_records(self.log, state["epoch"])
+            self.write_log(records)
+            return records
+        if state.get("position") is None and os.path.abspath(path) == os.path.abspath(self.last):
             self._links_and_log(state, state["epoch"])
         else:
             self.write_log(state["log"])
+        return list(state["log"])
 
     def _links_and_log(self, state: dict, epoch: int) -> None:
         if state["best"]["epoch"] == epoch:
@@ -263,9 +265,9 @@ def run_training(cfg: Config, env: DistEnv, resume: Optional[str] = None) -> ICS
         where = f"epoch {start_epoch}" if position is None else \
             f"epoch {position['epoch']}, step {position['update']}/{updates_per_epoch}"
         logger.info(f"resumed from {resume_path} at {where}")
-        if env.is_main:
+        if env.is_main:  # the other ranks' records are never written
             os.makedirs(run_dir, exist_ok=True)
-            folder.restore(state, resume_path)
+            records = folder.restore(state, resume_path)
         del state
 
     ddp_model = model

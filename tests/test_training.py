@@ -199,15 +199,14 @@ def test_mixed_precision_with_clipping_and_accumulation(tmp_path, precision):
     assert 0.01 <= record["tau"] <= 0.10 and 0.10 <= record["tau_s"] <= 0.99
 
 
-def test_truncate_log_keeps_only_earlier_epochs(tmp_path):
+def test_logged_records_keep_only_earlier_epochs(tmp_path):
     path = str(tmp_path / "log.jsonl")
     with open(path, "w") as f:
         f.writelines(json.dumps({"epoch": e, "loss": e / 10}) + "\n" for e in (0, 1, 2, 3))
-    trainer.truncate_log(path, 1)
-    assert [r["epoch"] for r in read_log(str(tmp_path))] == [0, 1]
-    trainer.truncate_log(path, -1)  # a fresh run
-    assert read_log(str(tmp_path)) == []
-    trainer.truncate_log(str(tmp_path / "missing.jsonl"), 3)  # nothing to do
+        f.write('{"epoch": 4, "lo')  # cut short by a crash
+    assert trainer.logged_records(path, 1) == [{"epoch": 0, "loss": 0.0}, {"epoch": 1, "loss": 0.1}]
+    assert trainer.logged_records(path, 9) == [{"epoch": e, "loss": e / 10} for e in range(4)]
+    assert trainer.logged_records(str(tmp_path / "missing.jsonl"), 3) == []
 
 
 def test_resume_in_amp_fp16_from_an_fp32_checkpoint(tmp_path):
@@ -220,3 +219,35 @@ def test_resume_in_amp_fp16_from_an_fp32_checkpoint(tmp_path):
     assert code == 0
     state = load_checkpoint(os.path.join(resumed, "checkpoint_last.pth"))
     assert state["epoch"] == 2 and state["scaler"] != {}
+
+
+def test_rank_sums_of_a_recovery_checkpoint_on_another_number_of_processes():
+    """The epoch's loss sums saved per rank: kept per rank on the same number of processes; on another one,
+    rank 0 takes their total and the others start from zero (the epoch means reduce over ranks)."""
+    from icsd.distributed import DistEnv
+    from icsd.trainer import _rank_sums
+
+    saved = [[1.0, 2.0], [10.0, 20.0]]  # two ranks, two loss terms
+    assert _rank_sums(saved, DistEnv(rank=1, world_size=2)) == [10.0, 20.0]
+    assert _rank_sums(saved, DistEnv(rank=0, world_size=1)) == [11.0, 22.0]
+    assert _rank_sums([[3.0, 4.0]], DistEnv(rank=0, world_size=4)) == [3.0, 4.0]
+    assert _rank_sums([[3.0, 4.0]], DistEnv(rank=3, world_size=4)) == [0.0, 0.0]
+    assert _rank_sums([[]], DistEnv(rank=0, world_size=2)) == []  # stopped before the first step
+
+
+def test_resume_from_a_checkpoint_without_log_records_truncates_the_log(tmp_path):
+    """A checkpoint written before the log records travelled inside it: the log is cut back to its epoch."""
+    from icsd.checkpoint import load_checkpoint, save_checkpoint
+
+    code, run_dir = run(tmp_path, "old", "train.epochs=1", "eval.splits=[val]")
+    assert code == 0
+    last = os.path.join(run_dir, "checkpoint_last.pth")
+    state = load_checkpoint(last)
+    del state["log"]
+    save_checkpoint(state, last)
+    with open(os.path.join(run_dir, "log.jsonl"), "a") as f:
+        f.write(json.dumps({"epoch": 2, "stale": True}) + "\n")  # a later epoch the checkpoint never saw
+    code, _ = run(tmp_path, "old", "train.epochs=2", "eval.splits=[val]", resume=last)
+    assert code == 0
+    log = read_log(run_dir)
+    assert [r["epoch"] for r in log] == [0, 1, 2] and not any("stale" in r for r in log)
