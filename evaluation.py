@@ -13,6 +13,7 @@ from icsd.errors import ICSDError
 from icsd.evaluate import run_evaluation
 from icsd.logger import setup_logging
 from icsd.pretrained import config_for_weights, load_checkpoint_or_export
+from icsd.processes import exit_promptly
 
 
 def parse_args(argv):
@@ -46,4 +47,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_promptly(main))

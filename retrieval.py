@@ -18,7 +18,8 @@ from icsd.errors import CheckpointError, ICSDError
 from icsd.evaluate import run_evaluation
 from icsd.logger import setup_logging
 from icsd.losses import needs_teacher_features
-from icsd.trainer import resolve_resume, run_training
+from icsd.processes import exit_promptly
+from icsd.train.trainer import resolve_resume, run_training
 
 EPILOG = """Every config key, its default and meaning: README.md, section "Config reference" (the schema is
 icsd/config.py). --print-config shows the resolved config of a YAML file with its --opts."""
@@ -69,4 +70,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_promptly(main))

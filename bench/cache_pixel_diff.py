@@ -6,7 +6,7 @@
 For every image of --images (default: dataset_example/pics, real COCO photos), the model's input tensor is
 built twice with the model's own eval transform (open_clip: bicubic resize of the shorter side, centre crop,
 normalise): from the original JPEG (full decode, what evaluation does) and from its prepared copy
-(icsd.prep.resize: shorter side resized to the model's input size with PIL bicubic, saved as JPEG at the
+(icsd.tools.prep.resize: shorter side resized to the model's input size with PIL bicubic, saved as JPEG at the
 row's quality, then decoded). One table, one row per (model, quality):
 
   model           open_clip model (random init; only its transform matters): the tiny test model (64 px)
@@ -31,7 +31,7 @@ import torch
 from icsd.config import ModelConfig
 from icsd.data.datasets import load_image
 from icsd.models.backbone import build_backbone
-from icsd.prep.resize import model_input_size, resize_images
+from icsd.tools.prep.resize import model_input_size, resize_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

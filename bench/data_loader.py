@@ -7,7 +7,7 @@ image cache (SPEC section 10).
 Images: --images synthetic 640x480 JPEGs (COCO's usual size) at quality 90, with photo-like content
 (smooth colour gradients, blurred shapes and sensor-like noise, so they compress like photos, ~100 KB), written
 to a temporary folder with one caption each; or --source DIR to use real images (e.g. dataset_example/pics).
-The cache is built from them with icsd.prep.resize (shorter side = the model's input size, quality 95).
+The cache is built from them with icsd.tools.prep.resize (shorter side = the model's input size, quality 95).
 Both are read through the project's training dataset (icsd.data.datasets.TrainPairs: decode, the geometry
 of the model's transform to a uint8 tensor, tokenize; normalisation runs on the device in training, see
 icsd.data.pixels; the cached split through icsd.data.build.training_split, as training does) under a
@@ -48,7 +48,7 @@ from icsd.data.annotations import load_split
 from icsd.data.build import training_split
 from icsd.data.datasets import TrainPairs
 from icsd.data.image_cache import relative_image_path
-from icsd.prep.resize import model_input_size, resize_images
+from icsd.tools.prep.resize import model_input_size, resize_images
 
 
 def photo_like(rng: np.random.Generator, width: int = 640, height: int = 480) -> Image.Image:

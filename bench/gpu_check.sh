@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check that needs CUDA (SPEC section 10), on one GPU, in under 8 minutes, as one table.
 #
-#   bash bench/gpu_check.sh [LOG_DIR]        # from anywhere; PYTHON=/path/to/python to choose the interpreter
+#   bash bench/gpu_check.sh [--only STEP ...] [LOG_DIR]   # from anywhere; PYTHON=/path/to/python chooses the
+#                                                          # interpreter; --only reruns just the steps named
 #
 # Random init and synthetic/example data only (model.pretrained null): nothing is downloaded.
 # Steps (each with its own time limit; a failing or timed-out step is marked FAIL and the next one runs):
@@ -13,17 +14,28 @@
 #   vitb32_b128      bench/train_step.py ViT-B-32-quickgelu, batch 128, amp_bf16: ICSD vs contrastive-only
 #   vitl14_336_b16   the same for ViT-L-14-336-quickgelu, batch 16, amp_bf16
 #   vitl14_336_b16_gc  ... with gradient checkpointing
+#   vitb32_speed     ViT-B/32 batch 128 amp_bf16, ICSD loss: the plain step interleaved with torch.compile and
+#                    fused AdamW, 20 steps each from the same init and batch (speed ratio and loss agreement)
 #   loader_w16       bench/data_loader.py with 16 workers: original 640x480 JPEGs vs the prepared cache, and
 #                    torchvision.io.decode_jpeg on the GPU
 # Table columns: step, status (PASS | FAIL | FAIL(timeout)), seconds, and the step's numbers:
 #   tests: pytest's summary line; train steps: samples/s and peak memory (MiB, max_memory_allocated) of the
-#   ICSD step, its time ratio to contrastive-only; loader: images/s original, cache, cache/original, GPU decode.
+#   ICSD step, its time ratio to contrastive-only; speed: each flag's step-time ratio to the plain step and the
+#   largest relative loss difference over the steps; loader: images/s original, cache, cache/original, GPU decode.
 # Full outputs are in LOG_DIR (default gpu_check_logs/).
 set -euo pipefail
 
+STEPS=" gpu_tests paper_configs vitb32_b128 vitl14_336_b16 vitl14_336_b16_gc vitb32_speed loader_w16 "
+ONLY=() LOGS=gpu_check_logs
+while [ $# -gt 0 ]; do
+    case $1 in
+        --only) ;;
+        *) if [[ $STEPS == *" $1 "* ]]; then ONLY+=("$1"); else LOGS=$1; fi ;;
+    esac
+    shift
+done
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
-LOGS=${1:-gpu_check_logs}
 mkdir -p "$LOGS"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
@@ -34,6 +46,8 @@ summarize() {  # step log -> the numbers of the table's last column
     case $step in
         gpu_tests|paper_configs)
             grep -E "[0-9]+ (passed|failed|error|skipped)" "$log" | tail -n 1 | sed 's/=//g; s/^ *//' || true ;;
+        vitb32_speed)
+            awk '$1 ~ /^icsd\+/ {printf "%s x%s of plain, loss diff %s; ", $1, $7, $8}' "$log" || true ;;
         vit*)
             awk '$1 == "icsd" {printf "icsd %s samples/s, peak %s MiB, icsd/contrastive %s", $2, $5, $6}' "$log" || true ;;
         loader*)
@@ -45,6 +59,7 @@ summarize() {  # step log -> the numbers of the table's last column
 run_step() {  # name time-limit-seconds command...
     local name=$1 limit=$2
     shift 2
+    if [ ${#ONLY[@]} -gt 0 ] && [[ " ${ONLY[*]} " != *" $name "* ]]; then return; fi
     local log="$LOGS/$name.log" start=$SECONDS status=PASS rc=0
     echo ">>> $name (limit ${limit}s): $*" >&2
     timeout --kill-after=15 "$limit" "$@" >"$log" 2>&1 || rc=$?
@@ -54,18 +69,21 @@ run_step() {  # name time-limit-seconds command...
         status="FAIL(rc=$rc)"
     fi
     ROWS+=("$name|$status|$((SECONDS - start))|$(summarize "$name" "$log")")
+    echo "<<< ${ROWS[-1]}" >&2
 }
 
 GPU=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" 2>&1 || true)
 
 run_step gpu_tests 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 run_step paper_configs 75 "$PY" -m pytest -q tests/test_paper_configs.py -p no:cacheprovider
-run_step vitb32_b128 50 "$PY" bench/train_step.py --device cuda --model ViT-B-32-quickgelu --batch-size 128 \
+run_step vitb32_b128 45 "$PY" bench/train_step.py --device cuda --model ViT-B-32-quickgelu --batch-size 128 \
     --precision amp_bf16 --steps 10 --warmup 3
-run_step vitl14_336_b16 70 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu --batch-size 16 \
+run_step vitl14_336_b16 60 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu --batch-size 16 \
     --precision amp_bf16 --steps 8 --warmup 3
-run_step vitl14_336_b16_gc 70 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu \
+run_step vitl14_336_b16_gc 60 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu \
     --batch-size 16 --precision amp_bf16 --steps 8 --warmup 3 --grad-checkpointing
+run_step vitb32_speed 110 "$PY" bench/train_step.py --device cuda --model ViT-B-32-quickgelu --batch-size 128 \
+    --precision amp_bf16 --steps 17 --warmup 3 --losses icsd --compile --fused-adamw
 run_step loader_w16 90 "$PY" bench/data_loader.py --workers 16 --images 1024 --repeats 1 --batch-size 16
 
 echo "# gpu_check on $GPU, $(date -u +%Y-%m-%dT%H:%MZ), logs in $LOGS/"

@@ -24,7 +24,7 @@ import time
 import yaml
 
 from icsd.config import Config, config_to_dict
-from icsd.report import report
+from icsd.tools.report import report
 
 METRICS = ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10")
 

@@ -9,7 +9,7 @@ Variants are built from --config (default configs/vitb32/coco/icsd.yaml) with mo
 --model/--batch-size/--precision/--opts applied: "icsd" is the config as given (PDM + soft labels);
 "contrastive" is configs/vitb32/coco/contrastive.yaml's change of it (model.pdm.enabled=false,
 loss.soft_label.weight=0). The step is the training step of icsd/engine.py built from its public pieces:
-autocast forward, icsd.engine.compute_loss_terms, GradScaler-scaled backward, optional grad clipping,
+autocast forward, icsd.train.engine.compute_loss_terms, GradScaler-scaled backward, optional grad clipping,
 optimizer step (timm AdamW, as training), zero_grad, temperature clamping. Inputs are random: images at the
 model's input size, tokens of the context length, teacher features (--ext-img-dim, --ext-txt-dim, float16),
 an image index with pairs of captions per image. Variants are interleaved step by step, so a change of load
@@ -25,6 +25,9 @@ on a shared machine hits all alike. One table, one row per variant:
   vs_contrastive  step_ms / the contrastive step_ms with the same flags (acceptance with the tiny model:
                   icsd <= 1.10)
   vs_plain        step_ms / the same loss without +compile/+fused (< 1: the flag helps)
+  loss_rel_diff   the largest |loss - plain loss| / |plain loss| over every step (warm-up included) of the
+                  variant against the same loss without the flag, both from the same init and batch (the
+                  acceptance for making a speed flag a default: <= 0.01)
 """
 from __future__ import annotations
 
@@ -40,9 +43,9 @@ import torch
 from icsd.amp import autocast
 from icsd.config import Config, load_config
 from icsd.distributed import select_device
-from icsd.engine import compute_loss_terms, optimizer_step
 from icsd.models import build_model
-from icsd.optim import build_optimizer
+from icsd.train.engine import compute_loss_terms, optimizer_step
+from icsd.train.optim import build_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRASTIVE = ["model.pdm.enabled=false", "loss.soft_label.weight=0.0"]  # configs/vitb32/coco/contrastive.yaml
@@ -57,6 +60,7 @@ class Variant:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     times: list
+    losses: list = dataclasses.field(default_factory=list)
     peak: int = 0
 
 
@@ -76,14 +80,15 @@ def synthetic_batch(cfg: Config, model, device: torch.device, batch_size: int, e
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def train_step(v: Variant, batch: dict, device: torch.device) -> None:
-    """icsd/engine.py's step (accum_steps 1) without the logging bookkeeping."""
+def train_step(v: Variant, batch: dict, device: torch.device) -> torch.Tensor:
+    """icsd/engine.py's step (accum_steps 1) without the logging bookkeeping; returns the loss (on device)."""
     t = v.cfg.train
     with autocast(t.precision, device):
         out = v.step_model(batch["image"], batch["tokens"])
     terms = compute_loss_terms(out, batch, v.cfg)
     v.scaler.scale(terms["loss"]).backward()
     optimizer_step(v.model, v.optimizer, v.scaler, t.grad_clip)
+    return terms["loss"].detach()
 
 
 def build_variant(name: str, cfg: Config, device: torch.device, compile_model: bool, fused: bool) -> Variant:
@@ -119,6 +124,8 @@ def main(argv=None) -> None:
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd models")
     parser.add_argument("--fused-adamw", action="store_true", help="also measure AdamW(fused=True)")
+    parser.add_argument("--losses", nargs="+", default=["icsd", "contrastive"], choices=("icsd", "contrastive"),
+                        help="which losses to time (vs_contrastive needs both)")
     parser.add_argument("--ext-img-dim", type=int, default=768, help="image-teacher feature size (Unicom: 768)")
     parser.add_argument("--ext-txt-dim", type=int, default=768, help="text-teacher feature size (mpnet: 768)")
     parser.add_argument("--threads", type=int, default=None)
@@ -132,11 +139,12 @@ def main(argv=None) -> None:
             f"train.grad_checkpointing={str(args.grad_checkpointing).lower()}", f"train.device={device.type}",
             *([f"train.precision={precision}"] if precision else []), *args.opts]
     configs = {"icsd": load_config(args.config, opts), "contrastive": load_config(args.config, opts + CONTRASTIVE)}
+    configs = {name: cfg for name, cfg in configs.items() if name in args.losses}
     flags = [("", False, False)] + ([("+compile", True, False)] if args.compile else []) \
         + ([("+fused", False, True)] if args.fused_adamw else [])
     variants = [build_variant(name + suffix, cfg, device, c, f) for suffix, c, f in flags
                 for name, cfg in configs.items()]
-    batch = synthetic_batch(configs["icsd"], variants[0].model, device, args.batch_size, args.ext_img_dim,
+    batch = synthetic_batch(variants[0].cfg, variants[0].model, device, args.batch_size, args.ext_img_dim,
                             args.ext_txt_dim)
     for step in range(args.warmup + args.steps):
         for v in variants:
@@ -144,27 +152,34 @@ def main(argv=None) -> None:
                 torch.cuda.reset_peak_memory_stats(device)
             sync(device)
             start = time.perf_counter()
-            train_step(v, batch, device)
+            loss = train_step(v, batch, device)
             sync(device)
+            elapsed = time.perf_counter() - start
+            v.losses.append(loss.float().item())  # read after the timer stopped
             if step >= args.warmup:
-                v.times.append(time.perf_counter() - start)
+                v.times.append(elapsed)
                 if device.type == "cuda":
                     v.peak = max(v.peak, torch.cuda.max_memory_allocated(device))
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     median = {v.name: statistics.median(v.times) for v in variants}
-    print(f"# {args.model} batch {args.batch_size} {configs['icsd'].train.precision} on {device}"
+    by_name = {v.name: v for v in variants}
+    first = next(iter(configs.values()))
+    print(f"# {args.model} batch {args.batch_size} {first.train.precision} on {device}"
           f"{' (grad checkpointing)' if args.grad_checkpointing else ''}, {args.steps} steps after {args.warmup}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'variant':<22} {'samples_s':>10} {'step_ms':>9} {'p90_ms':>9} {'peak_mem_mb':>12} "
-          f"{'vs_contrastive':>15} {'vs_plain':>9}")
+          f"{'vs_contrastive':>15} {'vs_plain':>9} {'loss_rel_diff':>14}")
     for v in variants:
         loss, _, suffix = v.name.partition("+")
         suffix = "+" + suffix if suffix else ""
         p90 = statistics.quantiles(v.times, n=10)[-1] if len(v.times) > 1 else v.times[0]
         peak = v.peak if device.type == "cuda" else rss_peak
+        plain = by_name[loss].losses
+        rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(v.losses, plain))
+        vs_contrastive = median[v.name] / median["contrastive" + suffix] if "contrastive" in configs else float("nan")
         print(f"{v.name:<22} {args.batch_size / median[v.name]:>10.1f} {1000 * median[v.name]:>9.1f} "
-              f"{1000 * p90:>9.1f} {peak / 2 ** 20:>12.0f} {median[v.name] / median['contrastive' + suffix]:>15.3f} "
-              f"{median[v.name] / median[loss]:>9.3f}")
+              f"{1000 * p90:>9.1f} {peak / 2 ** 20:>12.0f} {vs_contrastive:>15.3f} "
+              f"{median[v.name] / median[loss]:>9.3f} {rel:>14.2e}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from PIL import Image
 
 from icsd.data.annotations import load_split
 from icsd.data.feature_file import write_feature_matrix
-from icsd.prep.text import extract_text_features, load_sentence_model
+from icsd.data.text_cache import extract_text_features, load_sentence_model
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TEXT_TEACHER = "all-MiniLM-L6-v2"

@@ -6,7 +6,7 @@ datasets/README.md the whole preparation. Run from the repository root with the 
 """
 import sys
 
-from icsd.prep.__main__ import command
+from icsd.tools.prep.__main__ import command
 
 main = command("convert-pickled")
 

@@ -11,7 +11,7 @@ preparation. Run from the repository root with the project installed (`pip insta
 """
 import sys
 
-from icsd.prep.__main__ import command
+from icsd.tools.prep.__main__ import command
 
 main = command("resize")
 

@@ -1,20 +1,25 @@
-"""What the entry points share: logging set up once, the distributed environment, user errors shown once,
-clean stops on signals."""
+"""How the distributed entry points (``retrieval.py``, ``evaluation.py``) run: the process group, logging set
+up once, user errors shown once, and every exit prompt on every rank."""
 from __future__ import annotations
 
 import logging
 import signal
+import threading
 from typing import Callable
 
 import torch.distributed as dist
 
-from icsd.command import run_command, user_message
 from icsd.distributed import DistEnv, init_distributed, shutdown
-from icsd.errors import ICSDError, OtherRankFailed
+from icsd.errors import ICSDError, OtherRankFailed, Stopped, user_message
 from icsd.logger import env_rank, setup_logging
-from icsd.preemption import Preempted, exit_code, install_raising_handlers
+from icsd.processes import kill_children, shutdown_loaders
 
 logger = logging.getLogger(__name__)
+
+# What a collective raises when a peer process has gone (gloo: the connection closes; NCCL: the communicator
+# is aborted). DDP's reducer re-raises such errors as plain RuntimeErrors, hence matching on the message.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+             "ProcessGroupNCCL", "remote process exited")
 
 
 def report_error(exc: ICSDError) -> None:
@@ -24,48 +29,57 @@ def report_error(exc: ICSDError) -> None:
         logger.error(f"error: {user_message(exc)}")
 
 
-def run_cli(body: Callable[[], object]) -> int:
-    """Run a single-process command (the preparation tools): ``error: ...`` and exit status 1 on bad input;
-    Ctrl-C, SIGTERM or SIGUSR1 stop it with one line (an extraction keeps its rows: rerun to continue)."""
-    previous = install_raising_handlers()
-    try:
-        return run_command(body)
-    except KeyboardInterrupt as exc:
-        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
-        logger.error(f"stopped by {signal.Signals(signum).name}: the work done so far is saved; rerun the same "
-                     f"command to continue")
-        return exit_code(signum)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def _peer_gone(exc: BaseException) -> bool:
+    return isinstance(exc, dist.DistError) or any(text in str(exc) for text in PEER_GONE)
+
+
+def _shutdown_within(seconds: float) -> None:
+    """Destroy the process group, giving up after ``seconds``: after a peer failed, NCCL's teardown can
+    wait for the collective that will never complete."""
+    worker = threading.Thread(target=shutdown, daemon=True)
+    worker.start()
+    worker.join(seconds)
 
 
 def run_main(body: Callable[[DistEnv], object], device: str = "auto", timeout_minutes: float = 30.0) -> int:
-    """Set up the process group, run ``body(env)``, tear down. A user error (ICSDError) is reported and
-    exits 1; a stop signal exits 128 + its number after the run saved its state. When another rank failed
-    (its error shows on that rank), this one exits 1 quietly instead of adding a traceback of its own. Any
-    other error propagates with its traceback."""
+    """Set up the process group, run ``body(env)``, tear down; returns the exit status.
+
+    - a user error (ICSDError): reported once, 1; another rank's failure (``OtherRankFailed``, or a
+      collective that fails because a peer has gone): 1, quietly, the failed rank reports;
+    - a stop on purpose (``Stopped``, e.g. a preemption signal after the recovery checkpoint): its message,
+      its exit code; a second Ctrl-C: 130 with one line;
+    - any other error propagates with its traceback (``icsd.processes.exit_promptly`` prints it and exits).
+
+    Whatever happens, no child process (DataLoader worker) is left alive and the process group is torn down.
+    """
     env = None
+    failed = True
     try:
         env = init_distributed(device, timeout_minutes)
         setup_logging(env.rank)
         body(env)
+        failed = False
         return 0
-    except Preempted as exc:
+    except Stopped as exc:
         logger.info(str(exc))
-        return exit_code(exc.signum)
+        return exc.exit_code
     except OtherRankFailed:
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C: no waiting for the step to end, nothing saved
         logger.error("interrupted (no recovery checkpoint written)")
-        return exit_code(signal.SIGINT)
+        return 128 + signal.SIGINT
     except ICSDError as exc:
         report_error(exc)
         return 1
-    except dist.DistError:
-        if env is None or not env.distributed:
+    except Exception as exc:
+        if env is None or not env.distributed or not _peer_gone(exc):
             raise
         logger.info("stopping: another process of this job failed (its error is shown above)")
         return 1
     finally:
-        shutdown()
+        shutdown_loaders()
+        kill_children()
+        if failed:
+            _shutdown_within(10.0)
+        else:
+            shutdown()

@@ -11,10 +11,14 @@ import datetime
 import os
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from icsd.errors import OtherRankFailed
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -108,17 +112,27 @@ def init_distributed(device_preference: str = "auto", timeout_minutes: float = 3
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
+    global _CONTROL_GROUP
+    # The host-side messages between ranks (stop agreement, "the main rank's work failed") go over gloo: with
+    # NCCL they would need device tensors, make the host wait for the GPU, and a dead peer would only be
+    # noticed at NCCL's timeout. gloo notices a closed connection at once. Every rank creates it here.
+    _CONTROL_GROUP = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     return DistEnv(rank, world_size, local_rank, device)
 
 
+_CONTROL_GROUP = None
+
+
+def control_group():
+    """The gloo group for host-side messages (None: the default group, when it is gloo already)."""
+    return _CONTROL_GROUP
+
+
 def shutdown() -> None:
+    global _CONTROL_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    _CONTROL_GROUP = None
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -129,20 +143,40 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def all_gather_objects(obj):
-    """A list of every rank's ``obj`` (rank order)."""
+    """A list of every rank's ``obj`` (rank order), over the host-side control group."""
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]
     gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
+    dist.all_gather_object(gathered, obj, group=_CONTROL_GROUP)
     return gathered
 
 
 def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (over the host-side control group)."""
     if not (dist.is_available() and dist.is_initialized()):
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=_CONTROL_GROUP)
     return box[0]
+
+
+def run_on_main(env: DistEnv, work: Callable[[], T], what: str) -> Optional[T]:
+    """``work()`` on the main rank while the other ranks wait for its outcome (its result on the main rank,
+    None elsewhere). If it fails, every rank stops at once: the main rank with its error, the others with
+    ``OtherRankFailed`` (quiet: the main rank reports). So no rank exits while the main rank is still
+    writing (a checkpoint), and none is left waiting at a collective for a rank that has gone."""
+    result, failure = None, None
+    if env.is_main:
+        try:
+            result = work()
+        except BaseException as exc:  # noqa: BLE001 - a Ctrl-C too: the others must not wait for it
+            failure = exc
+    failed = broadcast_object(failure is not None) if env.distributed else failure is not None
+    if failure is not None:
+        raise failure
+    if failed:
+        raise OtherRankFailed(f"the main process failed {what}")
+    return result
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

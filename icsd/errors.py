@@ -35,3 +35,34 @@ class OtherRankFailed(ICSDError):
 
 class TrainingError(ICSDError):
     """A run that cannot continue (for example a non-finite loss)."""
+
+
+class FileWriteError(ICSDError):
+    """A file that could not be written (``no_space``: the disk is full or a quota is reached); the
+    previous version of the file, if any, is intact."""
+
+    def __init__(self, message: str, no_space: bool = False):
+        super().__init__(message)
+        self.no_space = no_space
+
+
+class RunFolderBusy(ICSDError):
+    """Another live run holds the run folder's lease."""
+
+
+class Stopped(Exception):
+    """The run stopped on purpose after saving what it must (a stop signal); the entry point prints the
+    message and exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def user_message(exc: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose message carries the worker's
+    traceback), its last line without the exception's class name."""
+    message = str(exc).strip()
+    if "Original Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message

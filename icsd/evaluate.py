@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-from torch.utils.data import DataLoader
 
 from icsd.amp import autocast
 from icsd.config import Config
 from icsd.data.annotations import Split
 from icsd.data.build import load_data_split
 from icsd.data.datasets import EvalImages, EvalTexts
+from icsd.data.loaders import Loader
 from icsd.data.pixels import PixelTransform
 from icsd.distributed import DistEnv, all_gather_objects
 from icsd.metrics import fold_metrics, recall_metrics
@@ -35,7 +35,7 @@ def encode_in_batches(encode: Callable, dataset, batch_size: int, env: DistEnv, 
     num_batches = math.ceil(len(dataset) / batch_size)
     mine = list(range(env.rank, num_batches, env.world_size))
     batches = [list(range(k * batch_size, min((k + 1) * batch_size, len(dataset)))) for k in mine]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+    loader = Loader(dataset, batch_sampler=batches, num_workers=num_workers,
                         pin_memory=env.device.type == "cuda")
     encoded = {}
     for k, batch in zip(mine, loader):

@@ -58,7 +58,7 @@ def pytest_configure(config):
 
     from icsd.data.annotations import load_split
     from icsd.data.image_cache import relative_image_path
-    from icsd.prep.resize import resize_images
+    from icsd.tools.prep.resize import resize_images
 
     out = tempfile.mkdtemp(prefix="icsd_test_images64_")
     split = load_split("train", os.path.join(EXAMPLE_DATA, "train.json"), EXAMPLE_DATA)

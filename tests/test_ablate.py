@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from icsd import ablate
+from icsd.tools import ablate
 
 from conftest import REPO, tiny_overrides
 

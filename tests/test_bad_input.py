@@ -82,7 +82,7 @@ def test_check_data_lists_every_unreadable_image_with_counts(tmp_path, data, cap
 
 def test_check_data_reads_the_training_images_from_the_prepared_cache(tmp_path, data, capsys):
     from icsd.data.build import load_data_split
-    from icsd.prep.resize import resize_images
+    from icsd.tools.prep.resize import resize_images
 
     train = load_data_split(load_config(EXAMPLE_CONFIG, tiny_overrides(f"data.root={data}")).data, "train")
     cache = tmp_path / "cache"

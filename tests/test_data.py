@@ -221,7 +221,7 @@ def test_text_cache_is_built_once_when_missing(tmp_path, example_cfg, minilm_pat
     import dataclasses
     import shutil
 
-    from icsd.prep.text import ensure_text_cache
+    from icsd.data.text_cache import ensure_text_cache
 
     for name in ("val.json", "val_unicom.npy", "val_unicom.npy.meta.json"):
         shutil.copy(os.path.join(EXAMPLE_DATA, name), tmp_path / name)

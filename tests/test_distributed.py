@@ -10,9 +10,10 @@ import sys
 import pytest
 import torch
 
-from icsd.checkpoint import load_checkpoint, save_checkpoint
+from icsd.checkpoint import load_checkpoint
 from icsd.config import config_to_dict, load_config
 from icsd.models import build_model
+from icsd.train.checkpoint import save_checkpoint
 
 from conftest import EXAMPLE_CONFIG, REPO, tiny_overrides
 

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 import evaluation
-from icsd import export
 from icsd.checkpoint import load_checkpoint
 from icsd.pretrained import ExportError, load_pretrained
+from icsd.tools import export
 
 from conftest import REPO
 from example_runs import example_runs
@@ -68,7 +68,7 @@ def test_shared_and_non_contiguous_tensors_are_exported_as_plain_copies(tmp_path
 def test_loads_in_a_fresh_process_without_training_code(exported):
     _, folder = exported
     code = ("import sys, icsd; light = 'torch' not in sys.modules; m = icsd.load_pretrained(sys.argv[1]); "
-            "bad = {'icsd.trainer', 'icsd.engine', 'icsd.optim', 'icsd.losses'} & set(sys.modules); "
+            "bad = {'icsd.train.trainer', 'icsd.train.engine', 'icsd.train.optim', 'icsd.losses'} & set(sys.modules); "
             "print(light, type(m).__name__, sorted(bad))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
     result = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, cwd=REPO, env=env)

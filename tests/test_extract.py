@@ -12,17 +12,18 @@ import open_clip
 import pytest
 import torch
 
+from icsd.data import text_cache
 from icsd.data.annotations import load_split
 from icsd.data.captions import caption_fingerprint
 from icsd.data.datasets import load_image
 from icsd.data.feature_file import FeatureWriter, read_meta
 from icsd.data.teacher_features import load_image_features, load_text_features
+from icsd.data.text_cache import extract_text_features, load_sentence_model
 from icsd.errors import ConfigError, DataError
-from icsd.prep import text as text_module
-from icsd.prep.image import extract_image_features
-from icsd.prep.image_encoders import build_image_encoder
-from icsd.prep.pickled import convert_pickled_dict
-from icsd.prep.text import extract_text_features, load_sentence_model
+from icsd.tools.prep import text as text_command
+from icsd.tools.prep.image import extract_image_features
+from icsd.tools.prep.image_encoders import build_image_encoder
+from icsd.tools.prep.pickled import convert_pickled_dict
 
 from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA, TINY_MODEL, load_dataset_script
 
@@ -248,7 +249,7 @@ def test_text_extraction_resumes_to_the_same_file(tmp_path, small_split, minilm)
 # -- text teacher --------------------------------------------------------------------------------
 def test_text_extraction_cli_matches_the_committed_cache(tmp_path, val_split, minilm, minilm_path, monkeypatch):
     asked = []  # the model loads once per module (fixture ``minilm``); the CLI must ask for --source
-    monkeypatch.setattr(text_module, "load_sentence_model", lambda name, device=None: asked.append(name) or minilm)
+    monkeypatch.setattr(text_command, "load_sentence_model", lambda name, device=None: asked.append(name) or minilm)
     script = load_dataset_script("extract_text_features")
     out = str(tmp_path / "{split}_minilm.npy")
     rc = script.main(["--config", EXAMPLE_CONFIG, "--root", EXAMPLE_DATA, "--splits", "val", "--source", minilm_path,
@@ -272,11 +273,11 @@ def test_training_cache_builder_is_the_resumable_extraction(tmp_path, small_spli
     """Training's ensure_text_cache continues an interrupted build; the model comes from
     data.text_teacher_source while the sidecar records the canonical data.text_teacher."""
     from icsd.config import DataConfig
+    from icsd.data.text_cache import ensure_text_cache
     from icsd.distributed import DistEnv
-    from icsd.prep.text import ensure_text_cache
 
     asked = []
-    monkeypatch.setattr(text_module, "load_sentence_model", lambda name, device=None: asked.append(name) or minilm)
+    monkeypatch.setattr(text_cache, "load_sentence_model", lambda name, device=None: asked.append(name) or minilm)
     direct, built = str(tmp_path / "direct.npy"), str(tmp_path / "small_built.npy")
     captions = small_split.captions
     extract_text_features(direct, TEACHER, captions, model=minilm, batch_size=4, show_progress=False)

@@ -14,13 +14,14 @@ import torch
 from test_distributed import check
 
 import retrieval
-from icsd.checkpoint import load_checkpoint, rng_state, set_rng_state
+from icsd.checkpoint import load_checkpoint
 from icsd.config import load_config
 from icsd.data.build import load_data_split
 from icsd.data.datasets import EvalImages, EvalTexts, load_image
 from icsd.distributed import DistEnv
 from icsd.evaluate import encode_in_batches, evaluate_split
 from icsd.models import build_model
+from icsd.train.checkpoint import rng_state, set_rng_state
 
 from conftest import EXAMPLE_CONFIG, REPO, tiny_overrides
 

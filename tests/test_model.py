@@ -10,12 +10,12 @@ from torch.utils.data import DataLoader
 
 from icsd.config import load_config
 from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features
-from icsd.engine import compute_loss_terms
 from icsd.errors import CheckpointError, ConfigError
 from icsd.losses import needs_teacher_features
 from icsd.models import build_model
 from icsd.models.backbone import build_backbone
 from icsd.models.pdm import PDM
+from icsd.train.engine import compute_loss_terms
 
 from conftest import REPO, tiny_overrides
 

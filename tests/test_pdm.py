@@ -16,7 +16,7 @@ from icsd.config import PDMConfig
 from icsd.models import build_model
 from icsd.models.heads import build_head
 from icsd.models.pdm import PDM
-from icsd.optim import build_optimizer
+from icsd.train.optim import build_optimizer
 
 ATOL = 1e-6
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from icsd import plot
+from icsd.tools import plot
 
 from example_runs import example_runs, read_log
 

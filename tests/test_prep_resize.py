@@ -1,4 +1,4 @@
-"""The prepared image cache (SPEC section 10): ``icsd.prep.resize`` (library and command) and the training
+"""The prepared image cache (SPEC section 10): ``icsd.tools.prep.resize`` (library and command) and the training
 loader reading ``data.image_root``."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from icsd.config import load_config
 from icsd.data.annotations import load_split
 from icsd.data.build import build_train_pairs, load_data_split, training_split
 from icsd.errors import ConfigError, DataError
-from icsd.prep import resize
+from icsd.tools.prep import resize
 
 from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA, REPO, tiny_overrides
 

@@ -11,8 +11,8 @@ from icsd.data.annotations import load_split
 from icsd.data.captions import caption_fingerprint
 from icsd.data.feature_file import read_meta
 from icsd.errors import DataError
-from icsd.prep.albef import albef_records
-from icsd.prep.karpathy import karpathy_records
+from icsd.tools.prep.albef import albef_records
+from icsd.tools.prep.karpathy import karpathy_records
 
 from conftest import EXAMPLE_DATA, load_dataset_script
 

@@ -11,8 +11,8 @@ import shutil
 import pytest
 import yaml
 
-from icsd import report
 from icsd.runs import ReportError, load_runs
+from icsd.tools import report
 
 from example_runs import example_runs, read_log
 

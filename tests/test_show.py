@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from icsd import show
 from icsd.config import load_config
 from icsd.data.build import load_data_split
 from icsd.metrics import recall_from_ranks, similarity_ranks
+from icsd.tools import show
 
 from conftest import EXAMPLE_CONFIG, tiny_overrides
 from example_runs import example_runs

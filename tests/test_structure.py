@@ -60,7 +60,7 @@ def test_only_icsd_models_builds_the_model():
 def test_icsd_imports_from_another_folder_and_prep_runs_as_a_module(tmp_path):
     """The package is installed (pip install -e . by make): it imports with no path set up."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", "import icsd, icsd.prep.__main__; print(icsd.__file__)"],
+    out = subprocess.run([sys.executable, "-c", "import icsd, icsd.tools.prep.__main__; print(icsd.__file__)"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == os.path.join(REPO, "icsd", "__init__.py")
@@ -79,7 +79,7 @@ def test_a_tool_run_as_a_module_shows_its_own_messages(tmp_path):
 
 @pytest.mark.parametrize("script", DATASET_SCRIPTS)
 def test_every_dataset_script_and_prep_command_has_help(script, capsys):
-    from icsd.prep.__main__ import COMMANDS, main
+    from icsd.tools.prep.__main__ import COMMANDS, main
 
     module = load_dataset_script(script)
     with pytest.raises(SystemExit) as exit_:

@@ -9,7 +9,7 @@ import os
 import pytest
 
 import retrieval
-from icsd import tracking
+from icsd.train import tracking
 
 from conftest import EXAMPLE_CONFIG, tiny_overrides
 

@@ -9,8 +9,8 @@ import torch
 
 import evaluation
 import retrieval
-from icsd import trainer
 from icsd.checkpoint import load_checkpoint
+from icsd.train import trainer
 
 from conftest import EXAMPLE_CONFIG, tiny_overrides
 
@@ -100,7 +100,7 @@ def test_best_checkpoint_is_selected_on_val_not_test(tmp_path, monkeypatch, val,
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    from icsd import engine
+    from icsd.train import engine
 
     real_loss, calls = engine.icsd_loss, {"n": 0}
     steps_per_epoch = 300 // 32
@@ -225,7 +225,7 @@ def test_rank_sums_of_a_recovery_checkpoint_on_another_number_of_processes():
     """The epoch's loss sums saved per rank: kept per rank on the same number of processes; on another one,
     rank 0 takes their total and the others start from zero (the epoch means reduce over ranks)."""
     from icsd.distributed import DistEnv
-    from icsd.trainer import _rank_sums
+    from icsd.train.trainer import _rank_sums
 
     saved = [[1.0, 2.0], [10.0, 20.0]]  # two ranks, two loss terms
     assert _rank_sums(saved, DistEnv(rank=1, world_size=2)) == [10.0, 20.0]
@@ -237,7 +237,8 @@ def test_rank_sums_of_a_recovery_checkpoint_on_another_number_of_processes():
 
 def test_resume_from_a_checkpoint_without_log_records_truncates_the_log(tmp_path):
     """A checkpoint written before the log records travelled inside it: the log is cut back to its epoch."""
-    from icsd.checkpoint import load_checkpoint, save_checkpoint
+    from icsd.checkpoint import load_checkpoint
+    from icsd.train.checkpoint import save_checkpoint
 
     code, run_dir = run(tmp_path, "old", "train.epochs=1", "eval.splits=[val]")
     assert code == 0

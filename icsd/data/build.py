@@ -47,7 +47,7 @@ def load_teacher_features(data: DataConfig, split: Split) -> TeacherFeatures:
     """Open both teachers' features for ``split``, checked: every image_id has an image feature, and the
     text cache was built from exactly these captions (by ``data.text_teacher`` when it is set).
 
-    A missing text cache is built beforehand by ``icsd.prep.text.ensure_text_cache`` (the trainer calls
+    A missing text cache is built beforehand by ``icsd.data.text_cache.ensure_text_cache`` (the trainer calls
     it), so loading data never runs a model."""
     image = load_image_features(data_path(data, data.image_features, split.name))
     image.rows_for(split.image_ids)  # every image_id has a feature, or a DataError names it

@@ -6,11 +6,12 @@ import logging
 from typing import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from icsd.config import Config
 from icsd.data.build import load_data_split, load_teacher_features, training_split
 from icsd.data.datasets import load_image
+from icsd.data.loaders import Loader
 from icsd.errors import DataError, ImageReadError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def unreadable_images(paths: Sequence[str], num_workers: int = 0, batch_size: in
     """Decode every image of ``paths`` (in parallel with ``num_workers`` processes); the errors, in order."""
     if not paths:
         return []
-    loader = DataLoader(_Decode(paths), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    loader = Loader(_Decode(paths), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     # A DataLoader draws its workers' base seed from the global RNG: checking data must not change the
     # model's initialisation or the training that follows.
     with torch.random.fork_rng(devices=[]):

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from icsd.config import load_config  # noqa: E402
 from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features  # noqa: E402
 from icsd.distributed import init_distributed, shutdown  # noqa: E402
-from icsd.engine import compute_loss_terms  # noqa: E402
 from icsd.models import build_model  # noqa: E402
+from icsd.train.engine import compute_loss_terms  # noqa: E402
 
 from conftest import EXAMPLE_CONFIG, tiny_overrides  # noqa: E402
 

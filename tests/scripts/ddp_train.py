@@ -1,4 +1,4 @@
-"""Train through icsd.trainer.run_training and save every rank's final parameters to OUT_DIR/rank{r}.pt.
+"""Train through icsd.train.trainer.run_training and save every rank's final parameters to OUT_DIR/rank{r}.pt.
 
     torchrun --nproc_per_node=2 tests/scripts/ddp_train.py OUT_DIR --opts key=value ...
 """
@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from icsd.config import load_config  # noqa: E402
 from icsd.distributed import init_distributed, shutdown  # noqa: E402
-from icsd.trainer import run_training  # noqa: E402
+from icsd.train.trainer import run_training  # noqa: E402
 
 from conftest import EXAMPLE_CONFIG, tiny_overrides  # noqa: E402
 

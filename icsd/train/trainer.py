@@ -19,33 +19,35 @@ from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
-from icsd.checkpoint import (
-    TMP_SUFFIX,
-    link_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from icsd.checkpoint import load_checkpoint
 from icsd.config import Config, config_to_dict, save_config
 from icsd.data.annotations import Split
 from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features, training_split
 from icsd.data.check import unreadable_images
+from icsd.data.loaders import Loader
 from icsd.data.pixels import DeviceBatches
+from icsd.data.text_cache import ensure_text_cache
 from icsd.distributed import DistEnv, all_gather_objects, broadcast_object
-from icsd.engine import EpochState, EpochStop, train_one_epoch
 from icsd.errors import CheckpointError, ConfigError, DataError, ICSDError, OtherRankFailed
 from icsd.evaluate import Evaluator, flat_metrics, format_table
 from icsd.logger import OUT_LOG, log_to_file
 from icsd.losses import needs_teacher_features
 from icsd.models import ICSDModel, build_model_for
-from icsd.optim import build_optimizer, build_scheduler
-from icsd.preemption import Preempted, StopControl, signal_name
-from icsd.prep.text import ensure_text_cache
-from icsd.tracking import build_trackers, check_trackers
+from icsd.processes import ignore_stop_signals
+from icsd.train.checkpoint import (
+    TMP_SUFFIX,
+    link_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from icsd.train.engine import EpochState, EpochStop, train_one_epoch
+from icsd.train.optim import build_optimizer, build_scheduler
+from icsd.train.preemption import Preempted, StopControl, signal_name
+from icsd.train.tracking import build_trackers, check_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -119,24 +121,14 @@ class ResumableSampler(DistributedSampler):
         return super().__len__() - self.skip
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM/SIGUSR1 to the main process, which stops at a step boundary."""
-    import signal
-
-    from icsd.preemption import STOP_SIGNALS
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def build_train_loader(pairs, cfg: Config, env: DistEnv) -> tuple[ResumableSampler, DataLoader]:
+def build_train_loader(pairs, cfg: Config, env: DistEnv) -> tuple[ResumableSampler, Loader]:
     """Shuffled by (seed, epoch) through a DistributedSampler in every case, so the data order is the same
     after a resume; full batches only (the gathered loss needs equal batches on every rank)."""
     sampler = ResumableSampler(pairs, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed,
                                drop_last=True)
-    loader = DataLoader(pairs, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
+    loader = Loader(pairs, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True,
                         num_workers=cfg.data.num_workers, pin_memory=env.device.type == "cuda",
-                        persistent_workers=cfg.data.num_workers > 0, worker_init_fn=_ignore_stop_signals)
+                        persistent_workers=cfg.data.num_workers > 0, worker_init_fn=ignore_stop_signals)
     return sampler, loader
 
 

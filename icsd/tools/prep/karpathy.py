@@ -13,8 +13,8 @@ import logging
 
 from icsd.data.jsonio import read_json
 from icsd.errors import DataError
-from icsd.prep.common import add_split_output_arguments
-from icsd.prep.split_writer import image_id_of, image_path_of, write_splits
+from icsd.tools.prep.common import add_split_output_arguments
+from icsd.tools.prep.split_writer import image_id_of, image_path_of, write_splits
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import logging
 
 from icsd.data.annotations import read_records
 from icsd.errors import ConfigError, DataError
-from icsd.prep.common import add_split_output_arguments
-from icsd.prep.split_writer import image_id_of, image_path_of, write_splits
+from icsd.tools.prep.common import add_split_output_arguments
+from icsd.tools.prep.split_writer import image_id_of, image_path_of, write_splits
 
 logger = logging.getLogger(__name__)
 

@@ -6,15 +6,16 @@ import importlib
 import sys
 from typing import Callable, Optional, Sequence
 
-from icsd.cli import run_cli
+from icsd.processes import exit_promptly
+from icsd.tools.command import run_interruptible
 
 COMMANDS = {  # command -> module with configure(parser), run(args) and USAGE
-    "karpathy": "icsd.prep.karpathy",
-    "albef": "icsd.prep.albef",
-    "extract-image": "icsd.prep.image",
-    "extract-text": "icsd.prep.text",
-    "convert-pickled": "icsd.prep.pickled",
-    "resize": "icsd.prep.resize",
+    "karpathy": "icsd.tools.prep.karpathy",
+    "albef": "icsd.tools.prep.albef",
+    "extract-image": "icsd.tools.prep.image",
+    "extract-text": "icsd.tools.prep.text",
+    "convert-pickled": "icsd.tools.prep.pickled",
+    "resize": "icsd.tools.prep.resize",
 }
 
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    return run_cli(lambda: args.run(args))
+    return run_interruptible(lambda: args.run(args))
 
 
 def command(name: str) -> Callable[[Optional[Sequence[str]]], int]:
@@ -44,4 +45,4 @@ def command(name: str) -> Callable[[Optional[Sequence[str]]], int]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_promptly(main))

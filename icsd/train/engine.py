@@ -18,8 +18,8 @@ from icsd.config import Config
 from icsd.distributed import DistEnv, all_gather_no_grad, all_gather_with_grad, all_reduce_sum
 from icsd.errors import ImageReadError, TrainingError
 from icsd.losses import LossInputs, icsd_loss, loss_inputs
-from icsd.preemption import StopControl
-from icsd.progress import Progress, peak_memory_gb
+from icsd.train.preemption import StopControl
+from icsd.train.progress import Progress, peak_memory_gb
 
 
 def unwrap(model: nn.Module) -> nn.Module:

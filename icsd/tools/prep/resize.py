@@ -27,7 +27,7 @@ from PIL import Image
 
 from icsd.atomic import write_text_atomic
 from icsd.errors import ConfigError, DataError
-from icsd.prep.common import add_data_arguments, resolve_data_arguments
+from icsd.tools.prep.common import add_data_arguments, resolve_data_arguments
 
 USAGE = __doc__
 MANIFEST = "manifest.json"

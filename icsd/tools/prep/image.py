@@ -10,16 +10,17 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from icsd.amp import PRECISIONS, autocast
 from icsd.data.annotations import Split, load_split
 from icsd.data.datasets import EvalImages, load_image
+from icsd.data.extraction import run_extraction
 from icsd.data.feature_file import FeatureWriter, is_complete
+from icsd.data.loaders import Loader
 from icsd.errors import ConfigError, DataError
-from icsd.prep.common import add_data_arguments, add_extraction_arguments, default_device, resolve_data_arguments
-from icsd.prep.image_encoders import BACKENDS, MODES, ImageEncoder, build_image_encoder
-from icsd.prep.loop import run_extraction
+from icsd.tools.prep.common import add_data_arguments, add_extraction_arguments, default_device, resolve_data_arguments
+from icsd.tools.prep.image_encoders import BACKENDS, MODES, ImageEncoder, build_image_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def extract_image_features(path: str, split: Split, encoder: ImageEncoder, batch
     images = EvalImages(split, encoder.transform)
 
     def batches(start: int) -> Iterator[np.ndarray]:
-        loader = DataLoader(Subset(images, range(start, len(images))), batch_size=batch_size, shuffle=False,
+        loader = Loader(Subset(images, range(start, len(images))), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=device.type == "cuda")
         for batch in loader:
             with autocast(precision, device):

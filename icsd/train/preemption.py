@@ -7,12 +7,13 @@ all ranks at the same step), so the recovery checkpoint is written from a consis
 from __future__ import annotations
 
 import signal
-from typing import Optional
 
 import torch
 import torch.distributed as dist
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+from icsd.distributed import control_group
+from icsd.errors import Stopped
+from icsd.processes import STOP_SIGNALS
 
 
 def exit_code(signum: int) -> int:
@@ -20,11 +21,11 @@ def exit_code(signum: int) -> int:
     return 128 + int(signum)
 
 
-class Preempted(Exception):
-    """The run stopped on a signal after saving its state; the entry point exits with ``exit_code``."""
+class Preempted(Stopped):
+    """The run stopped on a signal after saving its state; the entry point exits with 128 + the signal."""
 
     def __init__(self, signum: int, message: str):
-        super().__init__(message)
+        super().__init__(message, exit_code(signum))
         self.signum = signum
 
 
@@ -34,15 +35,10 @@ class StopControl:
     def __init__(self):
         self.signum = 0
         self._previous: dict = {}
-        self._group = None
 
     def __enter__(self) -> StopControl:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._record)
-        if dist.is_available() and dist.is_initialized():
-            # The agreement is a tiny CPU all-reduce each step: on a gloo group, so with NCCL it never makes
-            # the host wait for the GPU (all ranks create the group here, at the same point).
-            self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -59,17 +55,10 @@ class StopControl:
         """(signal to stop on or 0, whether some rank failed), the same on every rank."""
         flags = torch.tensor([self.signum, int(failed)], dtype=torch.int64)
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group)
+            # A tiny CPU all-reduce over gloo: with NCCL it never makes the host wait for the GPU.
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=control_group())
         return int(flags[0]), bool(flags[1])
 
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
-
-
-def install_raising_handlers() -> Optional[dict]:
-    """For the preparation commands: SIGTERM and SIGUSR1 raise KeyboardInterrupt like Ctrl-C does, so an
-    extraction checkpoints its rows and stops (its loop closes the writer on any exception)."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signum)
-    return {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGUSR1)}

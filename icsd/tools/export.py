@@ -1,0 +1,109 @@
+"""Export a checkpoint's model for sharing: ``model.safetensors`` + the resolved ``config.yaml``.
+
+    python -m icsd.export output/vitb32/coco/icsd_seed42/checkpoint_best.pth exports/icsd_coco
+
+The folder holds the weights alone (no optimizer, scheduler or RNG state: a fraction of the checkpoint),
+the config it was trained with (``model.pretrained`` set to null: the weights are in the folder) and
+``export.json`` (format version, source checkpoint, epoch, metrics of that epoch when its log is beside the
+checkpoint). ``icsd.load_pretrained(OUT_DIR)`` loads it; ``evaluation.py --checkpoint OUT_DIR`` evaluates
+it like the checkpoint, with the same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+from typing import Optional
+
+from icsd.atomic import write_atomic, write_text_atomic
+from icsd.checkpoint import load_checkpoint
+from icsd.errors import CheckpointError, ICSDError
+from icsd.pretrained import CONFIG, FORMAT, FORMAT_VERSION, INFO, WEIGHTS
+from icsd.runs import LOG, read_log
+from icsd.tools.command import run_command
+
+logger = logging.getLogger(__name__)
+
+METRIC_PREFIXES = ("train_", "val_", "test_")
+
+
+def plain_tensors(state_dict: dict) -> dict:
+    """Contiguous tensors owning their memory: safetensors refuses tensors that share storage (tied
+    weights) or are views, and the checkpoint's are memory-mapped."""
+    return {name: tensor.detach().clone().contiguous() for name, tensor in state_dict.items()}
+
+
+def logged_metrics(checkpoint: str, epoch: Optional[int]) -> dict:
+    """The metrics of ``epoch`` in the run's ``log.jsonl`` beside the checkpoint ({} when there is none)."""
+    log = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), LOG)
+    if epoch is None or not os.path.isfile(log):
+        return {}
+    record = next((r for r in read_log(log) if r.get("epoch") == epoch), {})
+    return {k: v for k, v in record.items() if k.startswith(METRIC_PREFIXES)}
+
+
+def export_checkpoint(checkpoint: str, out_dir: str, force: bool = False) -> dict:
+    """Write the export folder; returns its ``export.json`` content. ``export.json`` is written last, so a
+    folder without it is an interrupted export (``load_pretrained`` says so)."""
+    import yaml
+    from safetensors.torch import save_file
+
+    state = load_checkpoint(checkpoint)
+    if state.get("config") is None:
+        raise CheckpointError(f"{checkpoint} holds no config: it cannot be exported")
+    if os.path.exists(os.path.join(out_dir, WEIGHTS)) and not force:
+        raise ICSDError(f"{out_dir} already holds an export ({WEIGHTS}); pass --force to replace it")
+    os.makedirs(out_dir, exist_ok=True)
+    info_path = os.path.join(out_dir, INFO)
+    if os.path.exists(info_path):
+        os.remove(info_path)  # the folder is incomplete until the new record is written
+
+    config = copy.deepcopy(state["config"])
+    original_pretrained = config.get("model", {}).get("pretrained")
+    config.setdefault("model", {})["pretrained"] = None
+    weights = plain_tensors(state["model"])
+    weights_path = os.path.join(out_dir, WEIGHTS)
+    write_atomic(weights_path, lambda p: save_file(weights, p, metadata={"format": "pt"}))
+    os.chmod(weights_path, 0o644)  # safetensors creates the file private; an export is meant to be shared
+    write_text_atomic(os.path.join(out_dir, CONFIG), yaml.safe_dump(config, sort_keys=False))
+    info = {"format": FORMAT, "format_version": FORMAT_VERSION, "source_checkpoint": os.path.abspath(checkpoint),
+            "epoch": state.get("epoch"), "best": state.get("best"), "trained_from": original_pretrained,
+            "num_tensors": len(weights), "num_parameters": sum(t.numel() for t in weights.values()),
+            "weights_bytes": os.path.getsize(weights_path),
+            "metrics": logged_metrics(checkpoint, state.get("epoch"))}
+    write_text_atomic(info_path, json.dumps(info, indent=2))
+    return info
+
+
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, name)) for name in (WEIGHTS, CONFIG, INFO))
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m icsd.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", metavar="CKPT", help="an ICSD checkpoint (.pth)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="the export folder (created)")
+    parser.add_argument("--force", action="store_true", help="replace an existing export in OUT_DIR")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    def body() -> None:
+        info = export_checkpoint(args.checkpoint, args.out_dir, args.force)
+        ckpt, out = os.path.getsize(args.checkpoint), folder_bytes(args.out_dir)
+        logger.info(f"checkpoint {args.checkpoint}: {megabytes(ckpt)}")
+        logger.info(f"export     {args.out_dir}: {megabytes(out)} ({WEIGHTS} {megabytes(info['weights_bytes'])}, "
+                    f"{info['num_parameters']:,} parameters, epoch {info['epoch']}) = "
+                    f"{100 * out / ckpt:.0f}% of the checkpoint")
+
+    return run_command(body)
+
