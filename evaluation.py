@@ -5,12 +5,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from icsd.cli import report_error, run_main
 from icsd.errors import ICSDError
 from icsd.evaluate import run_evaluation
+from icsd.files import require_creatable_file, write_json
 from icsd.logger import setup_logging
 from icsd.pretrained import config_for_weights, load_checkpoint_or_export
 from icsd.processes import exit_promptly
@@ -31,7 +31,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging()
     try:
-        state = load_checkpoint_or_export(args.checkpoint)
+        if args.out:
+            require_creatable_file(args.out, "--out")
+        state = load_checkpoint_or_export(args.checkpoint, "--checkpoint")
         cfg = config_for_weights(state, args.checkpoint, args.config, args.opts)
     except ICSDError as exc:
         report_error(exc)
@@ -40,8 +42,7 @@ def main(argv=None) -> int:
     def body(env):
         results = run_evaluation(cfg, env, state["model"], args.split, source=args.checkpoint)
         if args.out and env.is_main:
-            with open(args.out, "w") as f:
-                json.dump(results, f, indent=2)
+            write_json(args.out, results, "metrics", indent=2)
 
     return run_main(body, cfg.train.device, cfg.train.dist_timeout_minutes)
 

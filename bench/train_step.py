@@ -44,7 +44,8 @@ from icsd.amp import autocast
 from icsd.config import Config, load_config
 from icsd.distributed import select_device
 from icsd.models import build_model
-from icsd.train.engine import compute_loss_terms, optimizer_step
+from icsd.train.engine import compute_loss_terms
+from icsd.train.loop import optimizer_step
 from icsd.train.optim import build_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,9 +9,12 @@ import torch
 from icsd.errors import CheckpointError
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, key: str = "checkpoint") -> dict:
     """The checkpoint's dict, memory-mapped (tensors never used, such as the optimizer state when only
-    evaluating, are never read); a legacy (non-zip) torch file is read without mmap."""
+    evaluating, are never read); a legacy (non-zip) torch file is read without mmap. ``key``: how the user
+    named the path (a flag), for the message when it is missing or a folder."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{key}: {path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     is_zip = zipfile.is_zipfile(path)  # torch.save's format since 1.6; mmap needs it

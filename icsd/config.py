@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from icsd import files
 from icsd.errors import ConfigError
 
 
@@ -182,7 +183,7 @@ def _type_name(tp: Any) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin in (list, list):
+    if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
 
@@ -206,7 +207,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: expected one of {_type_name(tp)}, got {value!r}")
         return value
-    if origin in (list, list):
+    if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
         (item,) = typing.get_args(tp)
@@ -381,17 +382,11 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def read_yaml(path: str, _seen: tuple = ()) -> dict:
+def read_config_file(path: str, _seen: tuple = ()) -> dict:
     """A YAML mapping; ``_base_: other.yaml`` (relative to this file) is read first and deep-merged under it."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
     if os.path.abspath(path) in _seen:
         raise ConfigError(f"{path}: '{BASE_KEY}' chain loops back to itself")
-    with open(path) as f:
-        try:
-            raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    raw = files.read_yaml(path, "config file", ConfigError) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = raw.pop(BASE_KEY, None)
@@ -400,12 +395,12 @@ def read_yaml(path: str, _seen: tuple = ()) -> dict:
     if not isinstance(base, str):
         raise ConfigError(f"{path}: '{BASE_KEY}' must be a path to another YAML file")
     base_path = os.path.join(os.path.dirname(path), base)
-    return _deep_merge(read_yaml(base_path, _seen + (os.path.abspath(path),)), raw)
+    return _deep_merge(read_config_file(base_path, _seen + (os.path.abspath(path),)), raw)
 
 
 def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> Config:
     """Read a YAML file (or only defaults when ``path`` is None), apply ``--opts`` overrides, validate."""
-    raw = read_yaml(path) if path is not None else {}
+    raw = read_config_file(path) if path is not None else {}
     source = path if path is not None else "<defaults>"
     if overrides:
         raw = apply_overrides(raw, overrides)
@@ -427,6 +422,3 @@ def config_to_dict(cfg: Any) -> dict:
     return out
 
 
-def save_config(cfg: Config, path: str) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

@@ -160,10 +160,10 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def run_on_main(env: DistEnv, work: Callable[[], T], what: str) -> Optional[T]:
-    """``work()`` on the main rank while the other ranks wait for its outcome (its result on the main rank,
-    None elsewhere). If it fails, every rank stops at once: the main rank with its error, the others with
-    ``OtherRankFailed`` (quiet: the main rank reports). So no rank exits while the main rank is still
+def run_on_main(env: DistEnv, work: Callable[[], T], what: str) -> T:
+    """``work()`` on the main rank while the other ranks wait for its outcome; returns its result on every
+    rank (it must pickle). If it fails, every rank stops at once: the main rank with its error, the others
+    with ``OtherRankFailed`` (quiet: the main rank reports). So no rank exits while the main rank is still
     writing (a checkpoint), and none is left waiting at a collective for a rank that has gone."""
     result, failure = None, None
     if env.is_main:
@@ -171,7 +171,9 @@ def run_on_main(env: DistEnv, work: Callable[[], T], what: str) -> Optional[T]:
             result = work()
         except BaseException as exc:  # noqa: BLE001 - a Ctrl-C too: the others must not wait for it
             failure = exc
-    failed = broadcast_object(failure is not None) if env.distributed else failure is not None
+    failed = failure is not None
+    if env.distributed:
+        failed, result = broadcast_object((failed, None if failed else result))
     if failure is not None:
         raise failure
     if failed:

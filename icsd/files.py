@@ -153,12 +153,12 @@ def require_folder(path: str, key: str, error: type[ICSDError] = ICSDError) -> N
         raise error(f"{key}: folder not found: {path}")
 
 
-def require_file(path: str, key: str, error: type[ICSDError] = ICSDError) -> None:
-    """``path`` (named by ``key``) must be an existing file."""
+def require_file(path: str, key: str, error: type[ICSDError] = ICSDError, what: str = "file") -> None:
+    """``path`` (named by ``key``; a ``what``, e.g. "checkpoint") must be an existing file."""
     if os.path.isdir(path):
-        raise error(f"{key}: {path} is a folder, not a file")
+        raise error(f"{key}: {path} is a folder, not a {what}")
     if not os.path.isfile(path):
-        raise error(f"{key}: file not found: {path}")
+        raise error(f"{key}: {what} not found: {path}")
 
 
 def _existing_ancestor(path: str) -> str:

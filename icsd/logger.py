@@ -14,7 +14,6 @@ import os
 import sys
 
 ROOT_LOGGER = "icsd"
-OUT_LOG = "out.log"
 
 
 class _ConsoleHandler(logging.Handler):

@@ -86,13 +86,17 @@ def read_export(folder: str) -> dict:
             "epoch": info.get("epoch")}
 
 
-def load_checkpoint_or_export(path: str) -> dict:
-    """A ``.pth`` checkpoint's dict, or an export folder read as one (``model`` and ``config`` entries)."""
+def load_checkpoint_or_export(path: str, key: str = "checkpoint") -> dict:
+    """A ``.pth`` checkpoint's dict, or an export folder read as one (``model`` and ``config`` entries).
+    ``key``: how the user named the path, for the message when it is neither."""
     if os.path.isdir(path):
+        if not any(os.path.exists(os.path.join(path, name)) for name in (INFO, WEIGHTS)):
+            raise CheckpointError(f"{key}: {path} is a folder but not an ICSD export (no {INFO}, no {WEIGHTS}): "
+                                  f"give a checkpoint file (.pth) or a folder written by python -m icsd.export")
         return read_export(path)
     from icsd.checkpoint import load_checkpoint
 
-    return load_checkpoint(path)
+    return load_checkpoint(path, key)
 
 
 def config_for_weights(state: dict, path: str, config: Optional[str], opts) -> Config:

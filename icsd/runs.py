@@ -1,4 +1,5 @@
-"""Reading finished or running run folders (``config.yaml``, ``log.jsonl``, eval JSONs) without torch.
+"""The run folder: the names of what training writes there (defined here only), and reading finished or
+running run folders (``config.yaml``, ``log.jsonl``, eval JSONs) without torch.
 
 Kept free of torch and the model code so that ``icsd.report`` and ``icsd.plot`` start in well under a
 second and read hundreds of run folders quickly.
@@ -15,7 +16,6 @@ Conventions (documented in the README):
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import math
 import os
@@ -23,17 +23,27 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-import yaml
-
 from icsd.errors import ICSDError
+from icsd.files import read_json, read_json_lines, read_yaml
 
 logger = logging.getLogger(__name__)
 
-LOG, CONFIG, LAST_CHECKPOINT = "log.jsonl", "config.yaml", "checkpoint_last.pth"
-EVAL_JSON_PATTERN = "eval_best*.json"
+# What training writes in a run folder.
+LOG = "log.jsonl"                    # one JSON line per finished epoch
+CONFIG = "config.yaml"               # the resolved config
+OUT_LOG = "out.log"                  # everything rank 0 printed, with times
+LAST = "checkpoint_last.pth"         # the last finished epoch, or a recovery checkpoint inside the next one
+BEST = "checkpoint_best.pth"         # a hard link to the best epoch's checkpoint_last.pth
+LEASE = "run.lock"                   # the lease of the run that writes the folder
+TENSORBOARD_DIR = "tensorboard"      # train.report_to: [tensorboard]
+WANDB_ID_FILE = "wandb_run_id"       # train.report_to: [wandb]: the W&B run a resumed run continues
+EVAL_JSON_PATTERN = "eval_best*.json"  # evaluation.py --out results of checkpoint_best.pth
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
-# The C loader when PyYAML has it: reading 100 configs then costs milliseconds, not a second.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    """``train.save_every``'s per-epoch checkpoint (a hard link to that epoch's checkpoint_last.pth)."""
+    return f"checkpoint_epoch{epoch}.pth"
 
 
 class ReportError(ICSDError):
@@ -87,26 +97,20 @@ class Run:
 
 
 def read_log(path: str) -> list[dict]:
-    """The log's records by epoch (a later line for an epoch replaces an earlier one; a line cut short by
-    a crash is ignored, as the trainer does)."""
+    """The log's records in epoch order, one per epoch: a later line for an epoch replaces an earlier one
+    (a resumed run rewrites what came after its checkpoint), a line cut short by a crash is skipped."""
     by_epoch: dict[int, dict] = {}
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-                by_epoch[int(record["epoch"])] = record
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
+    for record in read_json_lines(path):
+        try:
+            by_epoch[int(record["epoch"])] = record
+        except (KeyError, TypeError, ValueError):
+            continue
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def read_eval_json(path: str) -> dict[str, dict[str, float]]:
     """An ``evaluation.py --out`` file: ``{split: {metric: number}}``."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path}: not a readable evaluation JSON ({exc})") from None
+    data = read_json(path, "evaluation JSON", ReportError)
     ok = isinstance(data, dict) and all(
         isinstance(m, dict) and all(isinstance(v, (int, float)) for v in m.values()) for m in data.values())
     if not ok:
@@ -119,11 +123,7 @@ def read_run(path: str) -> Run:
     config = {}
     config_path = os.path.join(path, CONFIG)
     if os.path.isfile(config_path):
-        try:
-            with open(config_path) as f:
-                config = yaml.load(f, Loader=_YAML_LOADER) or {}
-        except yaml.YAMLError as exc:
-            raise ReportError(f"{config_path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        config = read_yaml(config_path, "run config", ReportError) or {}
         if not isinstance(config, dict):
             raise ReportError(f"{config_path}: not a config mapping")
     eval_results: dict[str, dict[str, float]] = {}

@@ -64,8 +64,9 @@ def test_first_failing_run_stops_the_ablation_with_its_exit_code(tmp_path, capsy
 def test_commands_and_early_errors(tmp_path, capsys):
     command = ablate.command_for("c.yaml", 3, ["train.epochs=2"], 4, "py")
     assert command[:5] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
-    assert command[6:] == ["--config", "c.yaml", "--seed", "3", "--resume", "auto", "--opts", "train.epochs=2"]
-    assert command[5].endswith("retrieval.py") and ablate.command_for("c.yaml", None, [], None, "py")[0] == "py"
+    assert command[5:] == ["-m", "icsd.train", "--config", "c.yaml", "--seed", "3", "--resume", "auto", "--opts",
+                           "train.epochs=2"]
+    assert ablate.command_for("c.yaml", None, [], None, "py")[:3] == ["py", "-m", "icsd.train"]
     # every config is checked before the first run starts
     assert ablate.main(["--configs", os.path.join(REPO, "configs", "example", "icsd.yaml"),
                         str(tmp_path / "typo.yaml"), "--dry-run"]) == 1

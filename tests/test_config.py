@@ -7,7 +7,8 @@ import os
 import pytest
 import yaml
 
-from icsd.config import ConfigError, config_to_dict, load_config, save_config
+from icsd.config import ConfigError, config_to_dict, load_config
+from icsd.files import write_yaml
 
 
 def write(tmp_path, text: str, name: str = "c.yaml") -> str:
@@ -104,7 +105,7 @@ def test_missing_and_malformed_files(tmp_path):
 def test_saved_config_round_trips(tmp_path):
     cfg = load_config(None, ["train.epochs=3", "loss.soft_label.shared_tau=false"])
     path = str(tmp_path / "resolved.yaml")
-    save_config(cfg, path)
+    write_yaml(path, config_to_dict(cfg))
     assert load_config(path) == cfg
     assert yaml.safe_load(open(path))["train"]["epochs"] == 3
     assert config_to_dict(cfg)["loss"]["soft_label"]["shared_tau"] is False

@@ -13,7 +13,6 @@ import torch
 from icsd.checkpoint import load_checkpoint
 from icsd.config import config_to_dict, load_config
 from icsd.models import build_model
-from icsd.train.checkpoint import save_checkpoint
 
 from conftest import EXAMPLE_CONFIG, REPO, tiny_overrides
 
@@ -62,7 +61,7 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
     torch.manual_seed(3)
     model, _ = build_model(cfg)
     ckpt = str(tmp_path / "random.pth")
-    save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg)}, ckpt)
+    torch.save({"model": model.state_dict(), "config": config_to_dict(cfg)}, ckpt)
     results = {}
     for nproc in (1, 2):
         out = str(tmp_path / f"metrics{nproc}.json")

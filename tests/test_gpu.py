@@ -21,7 +21,7 @@ from icsd.data.datasets import EvalImages, EvalTexts, load_image
 from icsd.distributed import DistEnv
 from icsd.evaluate import encode_in_batches, evaluate_split
 from icsd.models import build_model
-from icsd.train.checkpoint import rng_state, set_rng_state
+from icsd.train.state import rng_state, set_rng_state
 
 from conftest import EXAMPLE_CONFIG, REPO, tiny_overrides
 
@@ -106,3 +106,20 @@ def test_cuda_evaluation_equals_cpu_evaluation(monkeypatch):
                                rtol=0, atol=1e-6)  # the device normalisation: IEEE float32 on both
     assert results["cuda"] == pytest.approx(results["cpu"], abs=1e-9)
     assert len(EvalTexts(split, backbone.tokenizer)) > split.num_images
+
+
+
+def test_a_failing_rank_with_nccl_exits_promptly(tmp_path):
+    """torchrun --nproc_per_node=1 on CUDA (NCCL) with DataLoader workers: an out-of-memory error injected into the
+    optimizer step ends the job within 60 s of its traceback, no process left (the NCCL teardown after a
+    failure must not hang; with one GPU this is as far as NCCL can be tested)."""
+    from launch import assert_prompt_clean_exit, train_argv
+    from launch import run as launch_run
+
+    message = "CUDA out of memory. Tried to allocate 4.00 GiB"
+    done = launch_run(train_argv(str(tmp_path / "run"), 1, *CUDA, "train.precision=amp_bf16", faults=True,
+                                 torchrun=True),
+                      faults=[{"target": "icsd.train.loop:optimizer_step", "nth": 2, "action": "raise",
+                               "message": message}])
+    assert done.code != 0
+    assert_prompt_clean_exit(done, done.code, message, last=False)

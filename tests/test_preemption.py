@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from launch import torchrun_worker
 
 from icsd.checkpoint import load_checkpoint
 
@@ -35,16 +36,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUF
 
 def run(argv: list[str], env: dict = ENV) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-
-def torchrun_worker(agent_pid: int, rank: int) -> int:
-    """The pid of torchrun's worker process of ``rank`` (the agent's child whose RANK is ``rank``)."""
-    import psutil
-
-    for child in psutil.Process(agent_pid).children(recursive=True):
-        if child.environ().get("RANK") == str(rank):
-            return child.pid
-    raise AssertionError(f"no torchrun worker of rank {rank}")
 
 
 def run_until(argv: list[str], marker: str, sig: int, rank: int | None = None) -> subprocess.CompletedProcess:
@@ -111,11 +102,12 @@ def test_checkpoint_every_steps_survives_kill_9(tmp_path, reference):
     steps 3 and 7 of epoch 2); SIGKILL (no chance to save) in epoch 2 after step 4: the run resumes after
     step 3 of epoch 2 and ends like the uninterrupted run."""
     out = str(tmp_path / "run")
-    proc = run_until(command(out, 1, "train.checkpoint_every_steps=4"), "epoch 2/2 step 4/9", signal.SIGKILL)
+    opts = ("train.checkpoint_every_steps=4", "data.num_workers=2")  # the kill leaves no worker behind either
+    proc = run_until(command(out, 1, *opts), "epoch 2/2 step 4/9", signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     state = load_checkpoint(os.path.join(out + "_seed42", "checkpoint_last.pth"))
     assert state["epoch"] == 1 and state["position"]["epoch"] == 2 and state["position"]["update"] == 3
-    proc = run(command(out, 1, "train.checkpoint_every_steps=4", resume=True))
+    proc = run(command(out, 1, *opts, resume=True))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_same_run(reference, out + "_seed42")
 
@@ -127,11 +119,11 @@ def test_sigterm_under_torchrun_stops_every_rank_and_resumes_exactly(tmp_path):
     proc = run(command(ref, 2))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = str(tmp_path / "run")
-    proc = run_until(command(out, 2), "epoch 1/2 step 4/9", signal.SIGTERM, rank=1)
+    proc = run_until(command(out, 2, "data.num_workers=2"), "epoch 1/2 step 4/9", signal.SIGTERM, rank=1)
     assert proc.returncode != 0
     assert proc.stdout.count("stopped by SIGTERM in epoch 1 at step") == 1, proc.stdout[-4000:]
     state = load_checkpoint(os.path.join(out + "_seed42", "checkpoint_last.pth"))
     assert state["position"]["epoch"] == 1 and len(state["rng"]) == 2
-    proc = run(command(out, 2, resume=True))
+    proc = run(command(out, 2, "data.num_workers=2", resume=True))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert_same_run(ref + "_seed42", out + "_seed42")

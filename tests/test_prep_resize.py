@@ -104,6 +104,9 @@ def test_command_prepares_the_splits_a_config_names(tmp_path, capsys):
 def test_training_reads_the_cache_and_a_missing_image_stops_before_training(tmp_path):
     cfg = load_config(EXAMPLE_CONFIG, tiny_overrides(f"data.image_root={tmp_path}/cache"))
     split = load_data_split(cfg.data, "train")
+    with pytest.raises(DataError, match=r"data.image_root: the prepared image cache .*/cache not found"):
+        training_split(cfg.data, split)
+    os.makedirs(tmp_path / "cache")
     with pytest.raises(DataError, match=r"prepared image of image_id .* not found: .*cache/pics/.*data.image_root"):
         training_split(cfg.data, split)
     resize.resize_images([(p, os.path.relpath(p, EXAMPLE_DATA)) for p in split.image_paths],
@@ -126,5 +129,5 @@ def test_missing_cache_fails_a_run_with_one_line(tmp_path, capsys):
     code = retrieval.main(["--config", EXAMPLE_CONFIG, "--opts",
                            *tiny_overrides(f"output_dir={tmp_path}/run", f"data.image_root={tmp_path}/none")])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: ") and "prepared image of image_id" in err
+    assert code == 1 and err.startswith("error: data.image_root: the prepared image cache ") and "not found" in err
     assert not os.path.exists(f"{tmp_path}/run_seed42/checkpoint_last.pth")

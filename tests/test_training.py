@@ -10,7 +10,7 @@ import torch
 import evaluation
 import retrieval
 from icsd.checkpoint import load_checkpoint
-from icsd.train import trainer
+from icsd.train import session, trainer
 
 from conftest import EXAMPLE_CONFIG, tiny_overrides
 
@@ -92,7 +92,7 @@ def test_evaluation_reproduces_logged_val_metrics(tmp_path):
 def test_best_checkpoint_is_selected_on_val_not_test(tmp_path, monkeypatch, val, test, best_epoch):
     scripted = iter([{"val": {"r_mean": v}, "test": {"r_mean": t}} for v, t in zip(val, test)])
     monkeypatch.setattr(trainer.Evaluator, "evaluate", lambda self, model, cfg, env: next(scripted))
-    monkeypatch.setattr(trainer, "format_table", lambda results: "")
+    monkeypatch.setattr(session, "format_table", lambda results: "")
     code, run_dir = run(tmp_path, "select", "eval.eval_before_training=false")
     assert code == 0
     assert load_checkpoint(os.path.join(run_dir, "checkpoint_best.pth"))["epoch"] == best_epoch
@@ -199,14 +199,16 @@ def test_mixed_precision_with_clipping_and_accumulation(tmp_path, precision):
     assert 0.01 <= record["tau"] <= 0.10 and 0.10 <= record["tau_s"] <= 0.99
 
 
-def test_logged_records_keep_only_earlier_epochs(tmp_path):
+def test_the_log_reader_keeps_one_record_per_epoch(tmp_path):
+    """The one log reader (icsd.runs.read_log): a later line for an epoch replaces an earlier one (a resumed
+    run rewrote it), a line cut short by a crash is skipped."""
+    from icsd.runs import read_log as read_run_log
+
     path = str(tmp_path / "log.jsonl")
     with open(path, "w") as f:
-        f.writelines(json.dumps({"epoch": e, "loss": e / 10}) + "\n" for e in (0, 1, 2, 3))
+        f.writelines(json.dumps({"epoch": e, "loss": e / 10}) + "\n" for e in (0, 1, 2, 1))
         f.write('{"epoch": 4, "lo')  # cut short by a crash
-    assert trainer.logged_records(path, 1) == [{"epoch": 0, "loss": 0.0}, {"epoch": 1, "loss": 0.1}]
-    assert trainer.logged_records(path, 9) == [{"epoch": e, "loss": e / 10} for e in range(4)]
-    assert trainer.logged_records(str(tmp_path / "missing.jsonl"), 3) == []
+    assert read_run_log(path) == [{"epoch": 0, "loss": 0.0}, {"epoch": 1, "loss": 0.1}, {"epoch": 2, "loss": 0.2}]
 
 
 def test_resume_in_amp_fp16_from_an_fp32_checkpoint(tmp_path):
@@ -225,7 +227,7 @@ def test_rank_sums_of_a_recovery_checkpoint_on_another_number_of_processes():
     """The epoch's loss sums saved per rank: kept per rank on the same number of processes; on another one,
     rank 0 takes their total and the others start from zero (the epoch means reduce over ranks)."""
     from icsd.distributed import DistEnv
-    from icsd.train.trainer import _rank_sums
+    from icsd.train.session import _rank_sums
 
     saved = [[1.0, 2.0], [10.0, 20.0]]  # two ranks, two loss terms
     assert _rank_sums(saved, DistEnv(rank=1, world_size=2)) == [10.0, 20.0]
@@ -238,14 +240,14 @@ def test_rank_sums_of_a_recovery_checkpoint_on_another_number_of_processes():
 def test_resume_from_a_checkpoint_without_log_records_truncates_the_log(tmp_path):
     """A checkpoint written before the log records travelled inside it: the log is cut back to its epoch."""
     from icsd.checkpoint import load_checkpoint
-    from icsd.train.checkpoint import save_checkpoint
+    from icsd.files import write_atomic
 
     code, run_dir = run(tmp_path, "old", "train.epochs=1", "eval.splits=[val]")
     assert code == 0
     last = os.path.join(run_dir, "checkpoint_last.pth")
     state = load_checkpoint(last)
     del state["log"]
-    save_checkpoint(state, last)
+    write_atomic(last, lambda f: torch.save(state, f))  # not in place: the state is memory-mapped from it
     with open(os.path.join(run_dir, "log.jsonl"), "a") as f:
         f.write(json.dumps({"epoch": 2, "stale": True}) + "\n")  # a later epoch the checkpoint never saw
     code, _ = run(tmp_path, "old", "train.epochs=2", "eval.splits=[val]", resume=last)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from icsd.data.captions import preprocess_caption
-from icsd.data.jsonio import read_json
 from icsd.errors import DataError
+from icsd.files import read_json
 
 REQUIRED_FIELDS = ("image_path", "caption", "image_id")
 
@@ -47,7 +47,7 @@ class Split:
 
 
 def read_records(path: str) -> list[dict]:
-    records = read_json(path, "annotation file")
+    records = read_json(path, "annotation file", DataError)
     if not isinstance(records, list) or not records:
         raise DataError(f"{path}: expected a non-empty JSON list of records")
     return records

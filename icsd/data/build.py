@@ -24,6 +24,8 @@ def data_path(data: DataConfig, pattern: str, split: str) -> str:
 
 
 def load_data_split(data: DataConfig, split: str) -> Split:
+    if os.path.exists(data.root) and not os.path.isdir(data.root):
+        raise DataError(f"data.root: {data.root} is a file, not a folder")
     if not os.path.isdir(data.root):
         raise DataError(f"data.root not found: {data.root} (see datasets/README.md to prepare a dataset)")
     return load_split(split, data_path(data, data.annotation, split), data.root, data.max_words)

@@ -24,9 +24,8 @@ from typing import Optional
 
 import numpy as np
 
-from icsd.atomic import write_text_atomic
-from icsd.data.jsonio import read_json
 from icsd.errors import DataError
+from icsd.files import ENCODING, read_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +38,11 @@ def meta_path(path: str) -> str:
 
 def read_meta(path: str) -> Optional[dict]:
     sidecar = meta_path(path)
-    return read_json(sidecar, "sidecar") if os.path.isfile(sidecar) else None
+    return read_json(sidecar, "sidecar", DataError) if os.path.isfile(sidecar) else None
 
 
 def write_meta(path: str, meta: dict) -> None:
-    write_text_atomic(meta_path(path), json.dumps(meta))
+    write_text(meta_path(path), json.dumps(meta), "sidecar")
 
 
 def npy_is_pickled(path: str) -> bool:
@@ -193,7 +192,7 @@ class FeatureWriter:
     # -- state on disk ---------------------------------------------------------------------------
     def _read_progress(self) -> Optional[dict]:
         try:
-            with open(self.progress_path) as f:
+            with open(self.progress_path, encoding=ENCODING) as f:
                 progress = json.load(f)
             return progress if isinstance(progress, dict) else None
         except (OSError, json.JSONDecodeError):
@@ -241,7 +240,7 @@ class FeatureWriter:
         self._write_progress()
 
     def _write_progress(self) -> None:
-        write_text_atomic(self.progress_path, json.dumps({"rows_done": self.rows_done, "dim": self.dim,
+        write_text(self.progress_path, json.dumps({"rows_done": self.rows_done, "dim": self.dim,
                                                           "job": self.job}))
 
     # -- writing ---------------------------------------------------------------------------------

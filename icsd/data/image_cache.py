@@ -31,6 +31,10 @@ def cache_root(data: DataConfig) -> Optional[str]:
 def with_prepared_images(split: Split, image_root: str, data_root: str) -> Split:
     """``split`` reading its images from the cache; every prepared image must exist (checked now, so a
     missing one stops the run before training, as a missing original does in ``load_split``)."""
+    if not os.path.isdir(image_root):
+        what = "is a file, not a folder" if os.path.exists(image_root) else "not found"
+        raise DataError(f"data.image_root: the prepared image cache {image_root} {what} (build it with `python -m "
+                        f"icsd.prep resize`, or set data.image_root: null to read the original images)")
     paths = [os.path.join(image_root, relative_image_path(p, data_root)) for p in split.image_paths]
     for image_id, path in zip(split.image_ids, paths):
         if not os.path.isfile(path):

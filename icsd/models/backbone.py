@@ -1,6 +1,7 @@
 """The open_clip backbone: model, eval transform and tokenizer from a name or a model-config JSON."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -12,6 +13,8 @@ from torch import nn
 from icsd.config import ModelConfig
 from icsd.data.pixels import PixelTransform, split_transform
 from icsd.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,10 +55,24 @@ def _check_pretrained(name: str, pretrained: str) -> None:
                       f"(tags: {open_clip.list_pretrained_tags_by_model(name)})")
 
 
-def build_backbone(cfg: ModelConfig) -> Backbone:
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns "No pretrained weights loaded ... Model initialized randomly" whenever it builds a
+    model without weights, also when trained weights are loaded right after: the project says it itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def build_backbone(cfg: ModelConfig, weights_follow: bool = False) -> Backbone:
+    """The open_clip model, transform and tokenizer. ``weights_follow``: the caller loads trained weights into
+    it next (so nothing is downloaded and nothing is said); else a random initialisation is said in one line."""
     name = resolve_model_name(cfg.clip)
     if cfg.pretrained:
         _check_pretrained(name, cfg.pretrained)
+    elif not weights_follow:
+        logger.info(f"model.pretrained is null: {name} starts from a random initialisation")
+    quiet = _DropRandomInitWarning()
+    logging.getLogger().addFilter(quiet)  # open_clip logs through the root logger
     try:
         clip, _, transform = open_clip.create_model_and_transforms(
             name, pretrained=cfg.pretrained, force_quick_gelu=cfg.force_quick_gelu)
@@ -67,6 +84,8 @@ def build_backbone(cfg: ModelConfig) -> Backbone:
                 f"pretrained='{cfg.pretrained}') fills the Hugging Face cache) and set model.pretrained to "
                 f"the local weights file.") from None
         raise
+    finally:
+        logging.getLogger().removeFilter(quiet)
     model_cfg = open_clip.get_model_config(name)
     embed_dim = int(model_cfg["embed_dim"]) if model_cfg else int(clip.text_projection.shape[1])
     return Backbone(clip, embed_dim, transform, open_clip.get_tokenizer(name))

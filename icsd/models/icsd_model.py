@@ -47,8 +47,9 @@ class ICSDModel(nn.Module):
         self.temperatures.clamp_()
 
 
-def build_model(cfg: Config) -> tuple[ICSDModel, Backbone]:
-    backbone = build_backbone(cfg.model)
+def build_model(cfg: Config, weights_follow: bool = False) -> tuple[ICSDModel, Backbone]:
+    """The configured model; ``weights_follow``: trained weights are loaded into it next."""
+    backbone = build_backbone(cfg.model, weights_follow)
     if cfg.train.grad_checkpointing:
         backbone.clip.set_grad_checkpointing(True)
     return ICSDModel(backbone.clip, backbone.embed_dim, cfg), backbone

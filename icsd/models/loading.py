@@ -30,7 +30,7 @@ def build_model_for(cfg: Config, env: DistEnv, weights: Optional[dict] = None,
     """The model on its device, with ``weights`` when given (then no pretrained weights are downloaded)."""
     if weights is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None))
-    model, backbone = build_model(cfg)
+    model, backbone = build_model(cfg, weights_follow=weights is not None)
     if weights is not None:
         load_model_weights(model, weights, source)
     return model.to(env.device), backbone

@@ -3,8 +3,9 @@
     python -m icsd.ablate --configs configs/vitb32/coco/{contrastive,soft_external,isf,icsd}.yaml \\
         --seeds 1 2 3 --nproc 4 --baseline contrastive
 
-Each run is ``retrieval.py --config A --seed S --resume auto [--opts ...]`` in a subprocess (through
-``torchrun --standalone --nproc_per_node N`` with ``--nproc N``). A run whose log reached
+Each run is ``python -m icsd.train --config A --seed S --resume auto [--opts ...]`` (the entry point of
+``retrieval.py``, found through the package from any folder) in a subprocess (through ``torchrun --standalone
+--nproc_per_node N`` with ``--nproc N``). A run whose log reached
 ``train.epochs`` and whose ``checkpoint_last.pth`` exists is skipped; any other continues from its last
 checkpoint (``--resume auto``), so rerunning the same command after an interruption or a failure finishes
 what is left. The first failing run stops the ablation with its exit code.
@@ -22,14 +23,11 @@ from typing import Optional
 
 from icsd.config import load_config
 from icsd.errors import ICSDError
-from icsd.runs import LAST_CHECKPOINT, LOG, SEED_SUFFIX, read_log, short_names
+from icsd.runs import LAST, LOG, SEED_SUFFIX, read_log, short_names
 from icsd.tools.command import run_command
 from icsd.tools.report import names_group, report
 
 logger = logging.getLogger(__name__)
-
-RETRIEVAL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "retrieval.py")
-
 
 @dataclass(frozen=True)
 class Job:
@@ -43,17 +41,17 @@ class Job:
 def run_is_finished(run_dir: str, epochs: int) -> bool:
     """The log's last epoch reached ``epochs`` and the last checkpoint is there."""
     log = os.path.join(run_dir, LOG)
-    if not (os.path.isfile(log) and os.path.isfile(os.path.join(run_dir, LAST_CHECKPOINT))):
+    if not (os.path.isfile(log) and os.path.isfile(os.path.join(run_dir, LAST))):
         return False
     records = read_log(log)
     return bool(records) and records[-1]["epoch"] >= epochs
 
 
 def command_for(config: str, seed: Optional[int], opts: list[str], nproc: Optional[int], python: str) -> list[str]:
+    """``retrieval.py``'s entry point as ``python -m icsd.train`` (found through the package, from any folder)."""
     launcher = [python] if not nproc else [python, "-m", "torch.distributed.run", "--standalone",
                                            f"--nproc_per_node={nproc}"]
-    script = os.path.relpath(RETRIEVAL) if not os.path.relpath(RETRIEVAL).startswith("..") else RETRIEVAL
-    return [*launcher, script, "--config", config, *(["--seed", str(seed)] if seed is not None else []),
+    return [*launcher, "-m", "icsd.train", "--config", config, *(["--seed", str(seed)] if seed is not None else []),
             "--resume", "auto", *(["--opts", *opts] if opts else [])]
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
 from typing import Optional
 
-from icsd.atomic import write_atomic, write_text_atomic
 from icsd.checkpoint import load_checkpoint
 from icsd.errors import CheckpointError, ICSDError
+from icsd.files import require_creatable_folder, write_atomic, write_json, write_yaml
 from icsd.pretrained import CONFIG, FORMAT, FORMAT_VERSION, INFO, WEIGHTS
 from icsd.runs import LOG, read_log
 from icsd.tools.command import run_command
@@ -47,10 +46,10 @@ def logged_metrics(checkpoint: str, epoch: Optional[int]) -> dict:
 def export_checkpoint(checkpoint: str, out_dir: str, force: bool = False) -> dict:
     """Write the export folder; returns its ``export.json`` content. ``export.json`` is written last, so a
     folder without it is an interrupted export (``load_pretrained`` says so)."""
-    import yaml
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    state = load_checkpoint(checkpoint)
+    require_creatable_folder(out_dir, "OUT_DIR")
+    state = load_checkpoint(checkpoint, "CKPT")
     if state.get("config") is None:
         raise CheckpointError(f"{checkpoint} holds no config: it cannot be exported")
     if os.path.exists(os.path.join(out_dir, WEIGHTS)) and not force:
@@ -65,15 +64,14 @@ def export_checkpoint(checkpoint: str, out_dir: str, force: bool = False) -> dic
     config.setdefault("model", {})["pretrained"] = None
     weights = plain_tensors(state["model"])
     weights_path = os.path.join(out_dir, WEIGHTS)
-    write_atomic(weights_path, lambda p: save_file(weights, p, metadata={"format": "pt"}))
-    os.chmod(weights_path, 0o644)  # safetensors creates the file private; an export is meant to be shared
-    write_text_atomic(os.path.join(out_dir, CONFIG), yaml.safe_dump(config, sort_keys=False))
+    write_atomic(weights_path, lambda f: f.write(save(weights, metadata={"format": "pt"})), "exported weights")
+    write_yaml(os.path.join(out_dir, CONFIG), config, "exported config")
     info = {"format": FORMAT, "format_version": FORMAT_VERSION, "source_checkpoint": os.path.abspath(checkpoint),
             "epoch": state.get("epoch"), "best": state.get("best"), "trained_from": original_pretrained,
             "num_tensors": len(weights), "num_parameters": sum(t.numel() for t in weights.values()),
             "weights_bytes": os.path.getsize(weights_path),
             "metrics": logged_metrics(checkpoint, state.get("epoch"))}
-    write_text_atomic(info_path, json.dumps(info, indent=2))
+    write_json(info_path, info, "export record", indent=2)
     return info
 
 

@@ -14,6 +14,7 @@ import logging
 import statistics
 from dataclasses import dataclass
 
+from icsd.files import require_creatable_file, write_atomic
 from icsd.runs import Run, group_runs, is_number, load_runs, short_names
 from icsd.tools.command import run_command
 
@@ -116,7 +117,7 @@ def plot_runs(patterns: list[str], out: str, figsize: tuple[float, float] = (12.
     """Read the runs, draw them and save the PNG; returns (figure, data) so callers can inspect both."""
     data = curve_data(load_runs(patterns))
     fig = make_figure(data, figsize, dpi)
-    fig.savefig(out, dpi=dpi)
+    write_atomic(out, lambda f: fig.savefig(f, format="png", dpi=dpi), "plot")
     return fig, data
 
 
@@ -135,6 +136,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
+        require_creatable_file(args.out, "--out")
         plot_runs(args.runs, args.out, tuple(args.size), args.dpi)
         logger.info(f"wrote {args.out}")
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from icsd.errors import ICSDError
+from icsd.files import require_creatable_file, write_atomic, write_text
 from icsd.tools.command import run_command
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def sheet_for_checkpoint(path: str, split_name: str, n_queries: int, seed: Optio
     from icsd.models import build_model_for
     from icsd.pretrained import config_for_weights, load_checkpoint_or_export
 
-    state = load_checkpoint_or_export(path)
+    state = load_checkpoint_or_export(path, "CKPT_OR_EXPORT")
     cfg = config_for_weights(state, path, config, opts)
     env = DistEnv(device=select_device(device or cfg.train.device))
     split = load_data_split(cfg.data, split_name)
@@ -182,7 +183,7 @@ def render_png(sheet: Sheet, out: str, dpi: int = 80, palette: bool = True) -> N
     image = Image.open(buffer)
     if palette:
         image = image.convert("RGB").quantize(256)
-    image.save(out, optimize=True)
+    write_atomic(out, lambda f: image.save(f, format="PNG", optimize=True), "sheet")
 
 
 def data_uri(path: str) -> str:
@@ -220,8 +221,7 @@ def render_html(sheet: Sheet, out: str) -> None:
         parts.append(f"<tr><td class='q'><img src='{uri(q.image_path)}'><br>{e(q.text)}<br><small>best true "
                      f"caption rank {q.gt_rank + 1}</small></td>{cells}</tr>")
     parts.append("</table>")
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
+    write_text(out, "\n".join(parts), "sheet")
 
 
 RENDERERS = {".png": render_png, ".html": render_html, ".htm": render_html}
@@ -256,6 +256,7 @@ def main(argv=None) -> int:
         for out in args.out:
             if os.path.splitext(out)[1].lower() not in RENDERERS:
                 raise ICSDError(f"--out {out}: the extension must be .png or .html")
+            require_creatable_file(out, "--out")
         sheet, _, _ = sheet_for_checkpoint(args.checkpoint, args.split, args.queries, args.seed, args.config,
                                            args.opts, args.device)
         write_outputs(sheet, args.out)

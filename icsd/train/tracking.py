@@ -13,9 +13,10 @@ from typing import Protocol
 
 from icsd.config import Config, config_to_dict
 from icsd.errors import ConfigError
+from icsd.files import write_text
+from icsd.runs import TENSORBOARD_DIR, WANDB_ID_FILE
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
-WANDB_ID_FILE = "wandb_run_id"
 
 
 class Tracker(Protocol):
@@ -36,7 +37,7 @@ class TensorBoard:
     def __init__(self, run_dir: str):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"))
+        self.writer = SummaryWriter(log_dir=os.path.join(run_dir, TENSORBOARD_DIR))
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         for key, value in scalars.items():
@@ -56,8 +57,7 @@ class WandB:
 
         id_file = os.path.join(run_dir, WANDB_ID_FILE)
         run_id = open(id_file).read().strip() if os.path.isfile(id_file) else secrets.token_hex(4)
-        with open(id_file, "w") as f:
-            f.write(run_id)
+        write_text(id_file, run_id, "W&B run id")
         self.run = wandb.init(project=cfg.train.wandb_project, name=os.path.basename(run_dir), id=run_id,
                               resume="allow", dir=run_dir, config=config_to_dict(cfg))
         # W&B has one increasing step per run: per-step and per-epoch series each get their own x axis.
@@ -74,8 +74,29 @@ class WandB:
         self.run.finish()
 
 
-def build_trackers(cfg: Config, run_dir: str) -> list[Tracker]:
-    trackers: list[Tracker] = []
-    for name in cfg.train.report_to:
-        trackers.append(TensorBoard(run_dir) if name == "tensorboard" else WandB(cfg, run_dir))
-    return trackers
+class Trackers:
+    """The trackers of ``train.report_to`` (none on ranks other than 0): ``log`` goes to each, ``close`` ends
+    them (a context manager)."""
+
+    def __init__(self, cfg: Config, run_dir: str, enabled: bool = True):
+        names = cfg.train.report_to if enabled else []
+        self.trackers: list[Tracker] = [TensorBoard(run_dir) if name == "tensorboard" else WandB(cfg, run_dir)
+                                        for name in names]
+
+    def __bool__(self) -> bool:
+        return bool(self.trackers)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log(scalars, step)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
+
+    def __enter__(self) -> Trackers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

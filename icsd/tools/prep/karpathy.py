@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from icsd.data.jsonio import read_json
 from icsd.errors import DataError
+from icsd.files import read_json
 from icsd.tools.prep.common import add_split_output_arguments
 from icsd.tools.prep.split_writer import image_id_of, image_path_of, write_splits
 
@@ -31,7 +31,7 @@ KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "
 
 
 def read_karpathy(path: str) -> list:
-    data = read_json(path, "Karpathy split file")
+    data = read_json(path, "Karpathy split file", DataError)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images:
         raise DataError(f"{path}: expected Karpathy's format, an object with a non-empty 'images' list")

@@ -25,8 +25,8 @@ from typing import Optional
 
 from PIL import Image
 
-from icsd.atomic import write_text_atomic
 from icsd.errors import ConfigError, DataError
+from icsd.files import read_json, write_text
 from icsd.tools.prep.common import add_data_arguments, resolve_data_arguments
 
 USAGE = __doc__
@@ -84,8 +84,7 @@ def check_manifest(out: str, size: int, quality: int) -> dict:
     path = os.path.join(out, MANIFEST)
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        manifest = json.load(f)
+    manifest = read_json(path, "cache manifest", DataError)
     if (manifest.get("size"), manifest.get("quality")) != (size, quality):
         raise ConfigError(f"{out} holds a cache made with size {manifest.get('size')} and quality "
                           f"{manifest.get('quality')}, not {size} and {quality}: choose another --out or "
@@ -94,7 +93,7 @@ def check_manifest(out: str, size: int, quality: int) -> dict:
 
 
 def write_manifest(out: str, manifest: dict) -> None:
-    write_text_atomic(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
+    write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True), "cache manifest")
 
 
 def resize_images(images: list[tuple[str, str]], out: str, source_root: str, size: int,

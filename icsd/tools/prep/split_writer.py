@@ -7,9 +7,9 @@ import os
 import posixpath
 from typing import Mapping, Sequence
 
-from icsd.atomic import write_text_atomic
 from icsd.data.captions import preprocess_caption
 from icsd.errors import DataError
+from icsd.files import write_text
 
 MAX_LISTED = 5
 
@@ -69,7 +69,7 @@ def split_counts(records: Sequence[dict]) -> tuple[int, int]:
 
 def write_json_atomic(path: str, records: Sequence[dict]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_text_atomic(path, json.dumps(list(records), ensure_ascii=False))
+    write_text(path, json.dumps(list(records), ensure_ascii=False), "split file")
 
 
 def write_splits(splits: Mapping[str, Sequence[dict]], root: str, pattern: str,

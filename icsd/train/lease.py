@@ -1,0 +1,200 @@
+"""One run per run folder: a lease (``run.lock``) held by the run's main process for its whole life.
+
+The lease names its holder (host, pid, the process's start time, when the run started) and is refreshed
+every ``REFRESH_SECONDS`` by a thread of the holder. A run that finds a lease held by a live run stops at
+start, naming the holder. A lease whose holder is gone is taken over, with one line saying so: on the same
+host the holder's process is checked (pid and start time, so a reused pid is not mistaken for it); on
+another host the lease is stale when it has not been refreshed for ``STALE_SECONDS``, so a job requeued onto
+another node after a node failure is not blocked for ever. ``--force-unlock`` takes a lease whatever its
+state, for a user who knows its holder is dead.
+
+What it guarantees on shared file systems: the lease is created with ``O_CREAT | O_EXCL`` and taken over with
+``rename``, both atomic on local disks, NFS (v3 and later) and Lustre, so of two runs starting at once exactly
+one gets the folder. Staleness across hosts compares the holder's recorded refresh time with this host's
+clock: hosts whose clocks disagree by more than a few minutes (no NTP) can take a live lease over.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import Optional
+
+from icsd.errors import RunFolderBusy
+from icsd.files import fsync_dir, write_json
+from icsd.runs import LEASE
+
+logger = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 60.0
+STALE_SECONDS = 300.0
+
+
+def _process_start(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` (Linux: clock ticks since boot, from /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+@dataclasses.dataclass
+class Holder:
+    host: str
+    pid: int
+    process_start: Optional[str]
+    started: str
+    refreshed: float  # time.time() of the last refresh
+    token: str
+
+    @classmethod
+    def me(cls) -> Holder:
+        return cls(socket.gethostname(), os.getpid(), _process_start(os.getpid()),
+                   datetime.datetime.now().astimezone().isoformat(timespec="seconds"), time.time(),
+                   secrets.token_hex(8))
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}, started {self.started}"
+
+    def alive(self) -> bool:
+        if self.host == socket.gethostname():
+            if not _pid_alive(self.pid):
+                return False
+            now = _process_start(self.pid)
+            return self.process_start is None or now is None or now == self.process_start
+        return time.time() - self.refreshed < STALE_SECONDS
+
+
+def _read(path: str) -> Optional[Holder]:
+    """The lease at ``path``; None when it is gone, or unreadable for longer than a write takes."""
+    try:
+        with open(path) as f:
+            return Holder(**json.load(f))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):
+        try:
+            age = time.time() - os.path.getmtime(path)
+        except OSError:
+            return None
+        if age < 10:  # being written right now: treat as held
+            return Holder("?", -1, None, "just now", time.time(), "")
+        return None
+
+
+class RunLease:
+    """The lease of one run folder, held by this process (``acquire`` ... ``release``)."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, LEASE)
+        self.holder = Holder.me()
+        self.held = False
+        self.lost = False
+        self.lost_to: Optional[Holder] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def acquire(self, force: bool = False) -> None:
+        """Take the lease, or raise ``RunFolderBusy`` naming its live holder."""
+        for _ in range(10):  # each turn either creates the lease or moves a stale one away
+            if self._create():
+                self.held = True
+                self._start_refreshing()
+                return
+            holder = _read(self.path)
+            if holder is None:
+                continue
+            if holder.alive() and not force:
+                raise RunFolderBusy(
+                    f"{os.path.dirname(self.path)} is in use by another run ({holder.describe()}; lease "
+                    f"{self.path}). Wait for it to end; if it is dead, --resume auto --force-unlock takes it over")
+            if self._take_over(holder):
+                why = "forced (--force-unlock)" if force and holder.alive() else "its holder is gone"
+                logger.info(f"took over the run folder's lease from {holder.describe()}: {why}")
+        raise RunFolderBusy(f"could not take the lease {self.path}: other runs keep taking it; try again")
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(dataclasses.asdict(self.holder), f)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(os.path.dirname(self.path))
+        return True
+
+    def _take_over(self, stale: Holder) -> bool:
+        """Move the stale lease aside (one rename wins); if what moved is not the lease judged stale (it was
+        renewed or replaced meanwhile), put it back."""
+        aside = f"{self.path}.stale-{self.holder.token}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False  # another run moved it first
+        moved = _read(aside)
+        if moved is not None and moved.token != stale.token:
+            try:
+                os.link(aside, self.path)
+            except OSError:
+                pass
+            os.remove(aside)
+            return False
+        os.remove(aside)
+        return True
+
+    def _start_refreshing(self) -> None:
+        self._thread = threading.Thread(target=self._refresh_loop, name="run-lease", daemon=True)
+        self._thread.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(REFRESH_SECONDS):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Renew the lease; if another run took it over meanwhile, stop holding it (``check`` then raises)."""
+        if not self._still_mine():
+            return
+        self.holder.refreshed = time.time()
+        write_json(self.path, dataclasses.asdict(self.holder), "run-folder lease")
+
+    def _still_mine(self) -> bool:
+        if self.held:
+            current = _read(self.path)
+            if current is None or current.token != self.holder.token:
+                self.held, self.lost, self.lost_to = False, True, current
+                self._stop.set()
+        return self.held
+
+    def check(self) -> None:
+        """Raise ``RunFolderBusy`` if this run lost its folder's lease (checked before every write)."""
+        if not self._still_mine() and self.lost:
+            to = f" to {self.lost_to.describe()}" if self.lost_to else ""
+            raise RunFolderBusy(f"this run lost its folder's lease{to}: it stops without writing to "
+                                f"{os.path.dirname(self.path)}")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self.held:
+            current = _read(self.path)
+            if current is not None and current.token == self.holder.token:
+                os.remove(self.path)
+            self.held = False
