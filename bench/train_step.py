@@ -8,8 +8,8 @@
 Variants are built from --config (default configs/vitb32/coco/icsd.yaml) with model.pretrained=null and
 --model/--batch-size/--precision/--opts applied: "icsd" is the config as given (PDM + soft labels);
 "contrastive" is configs/vitb32/coco/contrastive.yaml's change of it (model.pdm.enabled=false,
-loss.soft_label.weight=0). The step is the training step of icsd/engine.py built from its public pieces:
-autocast forward, icsd.train.engine.compute_loss_terms, GradScaler-scaled backward, optional grad clipping,
+loss.soft_label.weight=0). The step is the training step of icsd/train/loop.py built from its public pieces:
+autocast forward, icsd.losses.Criterion, GradScaler-scaled backward, optional grad clipping,
 optimizer step (timm AdamW, as training), zero_grad, temperature clamping. Inputs are random: images at the
 model's input size, tokens of the context length, teacher features (--ext-img-dim, --ext-txt-dim, float16),
 an image index with pairs of captions per image. Variants are interleaved step by step, so a change of load
@@ -43,8 +43,8 @@ import torch
 from icsd.amp import autocast
 from icsd.config import Config, load_config
 from icsd.distributed import select_device
+from icsd.losses import Criterion
 from icsd.models import build_model
-from icsd.train.engine import compute_loss_terms
 from icsd.train.loop import optimizer_step
 from icsd.train.optim import build_optimizer
 
@@ -58,6 +58,7 @@ class Variant:
     cfg: Config
     model: torch.nn.Module
     step_model: torch.nn.Module  # the model, or its torch.compile wrapper
+    criterion: Criterion
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     times: list
@@ -82,11 +83,11 @@ def synthetic_batch(cfg: Config, model, device: torch.device, batch_size: int, e
 
 
 def train_step(v: Variant, batch: dict, device: torch.device) -> torch.Tensor:
-    """icsd/engine.py's step (accum_steps 1) without the logging bookkeeping; returns the loss (on device)."""
+    """icsd/train/loop.py's step (accum_steps 1) without the logging bookkeeping; returns the loss (on device)."""
     t = v.cfg.train
     with autocast(t.precision, device):
         out = v.step_model(batch["image"], batch["tokens"])
-    terms = compute_loss_terms(out, batch, v.cfg)
+    terms = v.criterion(out, batch, v.model)
     v.scaler.scale(terms["loss"]).backward()
     optimizer_step(v.model, v.optimizer, v.scaler, t.grad_clip)
     return terms["loss"].detach()
@@ -103,7 +104,7 @@ def build_variant(name: str, cfg: Config, device: torch.device, compile_model: b
         optimizer = torch.optim.AdamW(optimizer.param_groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "amp_fp16")
     step_model = torch.compile(model) if compile_model else model
-    return Variant(name, cfg, model, step_model, optimizer, scaler, [])
+    return Variant(name, cfg, model, step_model, Criterion(cfg.loss), optimizer, scaler, [])
 
 
 def sync(device: torch.device) -> None:

@@ -24,45 +24,63 @@ from icsd.errors import ConfigError
 # ----------------------------------------------------------------------------------------------------
 # Schema
 # ----------------------------------------------------------------------------------------------------
+def option(default: Any, doc: str):
+    """A config key with its default and its meaning (``docs/config.md`` is generated from these)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def section(cls: type, doc: str):
+    """A nested section (its own dataclass) with what it is about."""
+    return field(default_factory=cls, metadata={"doc": doc})
+
+
 @dataclass
 class DataConfig:
-    root: str = "datasets/coco"
-    annotation: str = "{split}.json"
-    image_features: str = "{split}_unicom.npy"
-    text_features: str = "{split}_mpnet.npy"
-    text_teacher: Optional[str] = "all-mpnet-base-v2"
-    text_teacher_source: Optional[str] = None  # load the teacher from here (a local copy); the name is recorded
-    text_teacher_batch_size: int = 256
-    max_words: int = 64
-    num_workers: int = 8
-    train_split: str = "train"
-    image_root: Optional[str] = None  # prepared image cache for the training loader (relative to root); null: originals
+    root: str = option("datasets/coco", "annotation, image and feature paths are relative to it")
+    annotation: str = option("{split}.json", "split file pattern (`new_{split}.json` for the ICSD/CUSA releases)")
+    image_features: str = option("{split}_unicom.npy", "image-teacher features, either layout (docs/data.md)")
+    text_features: str = option("{split}_mpnet.npy", "text-teacher feature cache (built when missing)")
+    text_teacher: Optional[str] = option(
+        "all-mpnet-base-v2", "sentence-transformers name or path; builds a missing text cache; `null`: accept "
+                             "any teacher's cache, never build one")
+    text_teacher_source: Optional[str] = option(
+        None, "load the text teacher from here (a local copy) while the cache's sidecar records `text_teacher`")
+    text_teacher_batch_size: int = option(256, "batch size when building the text cache")
+    max_words: int = option(64, "captions are cut to this many words")
+    num_workers: int = option(8, "DataLoader worker processes (training, evaluation, image checks)")
+    train_split: str = option("train", "the split trained on")
+    image_root: Optional[str] = option(
+        None, "prepared JPEG cache read by the training loader (relative to `root`, or absolute; `python -m "
+              "icsd.prep resize`); `null`: the original images. Evaluation always decodes the originals")
 
 
 @dataclass
 class PDMConfig:
-    enabled: bool = True
-    scale_init: float = 0.1
-    temperature: float = 1.0
-    eps: float = 1.0e-6
+    enabled: bool = option(True, "PDM -> Linear heads; `false`: LayerNorm -> Linear (the baseline)")
+    scale_init: float = option(0.1, "initial per-dimension scale `exp(theta)`")
+    temperature: float = option(1.0, "`t` in `S = u u^T / t`")
+    eps: float = option(1.0e-6, "epsilon of PDM's LayerNorm")
 
 
 @dataclass
 class ModelConfig:
-    clip: str = "ViT-B-32-quickgelu"
-    pretrained: Optional[str] = "openai"
-    force_quick_gelu: bool = False
-    pdm: PDMConfig = field(default_factory=PDMConfig)
-    head_init_std: float = 0.02
+    clip: str = option("ViT-B-32-quickgelu", "any open_clip model name, or a path to an open_clip model-config "
+                                            "`.json`")
+    pretrained: Optional[str] = option("openai", "open_clip tag, local weights file, or `null` (random init)")
+    force_quick_gelu: bool = option(False, "QuickGELU for OpenAI weights under a name without `-quickgelu`")
+    pdm: PDMConfig = section(PDMConfig, "feature separation before the cross-modal heads")
+    head_init_std: float = option(0.02, "std of the heads' Linear weights (bias 0), the loss terms' heads too")
 
 
 @dataclass
 class TemperatureConfig:
     """A loss temperature: initial value, clamp range (applied after every optimizer step), learnability.
 
-    Mapped one to one onto ``icsd.models.temperature.Temperature``. In YAML its four values are keys of the
-    loss section that owns it (``tau``, ``tau_min``, ``tau_max``, ``learn_tau``: the users' keys of SPEC
-    section 8), named by the field's ``yaml_keys`` metadata.
+    Mapped one to one onto ``icsd.models.temperature.Temperature``. In YAML its four values are flat keys of the
+    loss section that owns it (``tau``, ``tau_min``, ``tau_max``, ``learn_tau``), named by the field's
+    ``yaml_keys`` metadata.
     """
 
     init: float
@@ -74,99 +92,105 @@ class TemperatureConfig:
 TEMPERATURE_PARTS = ("init", "min", "max", "learnable")
 
 
-def temperature(keys: tuple[str, str, str, str], init: float, lo: float, hi: float, learnable: bool):
+def temperature(keys: tuple[str, str, str, str], init: float, lo: float, hi: float, learnable: bool,
+                doc: str = "temperature"):
     """A TemperatureConfig field stored in YAML under the four ``keys`` (init, min, max, learnable)."""
     return field(default_factory=lambda: TemperatureConfig(init, lo, hi, learnable),
-                 metadata={"yaml_keys": dict(zip(TEMPERATURE_PARTS, keys))})
+                 metadata={"yaml_keys": dict(zip(TEMPERATURE_PARTS, keys)), "doc": doc})
 
 
-@dataclass
-class ContrastiveConfig:
-    weight: float = 1.0
-    mode: Literal["mean", "sum"] = "mean"
-    temperature: TemperatureConfig = temperature(("tau", "tau_min", "tau_max", "learn_tau"), 0.05, 0.01, 0.10, True)
+def _default_terms() -> dict:
+    """The sections of the built-in terms that are on by default (contrastive, soft_label), with defaults."""
+    from icsd.losses.term import term_classes
 
-
-@dataclass
-class SoftLabelConfig:
-    weight: float = 0.15
-    kind: Literal["kl", "ce"] = "kl"
-    mode: Literal["mean", "sum"] = "mean"  # reduction of kind: ce (as the contrastive modes)
-    alpha: float = 0.3
-    detach_internal: bool = False
-    student: TemperatureConfig = temperature(("tau", "tau_min", "tau_max", "learn_tau"), 0.45, 0.10, 0.99, True)
-    shared_tau: bool = True
-    teacher: TemperatureConfig = temperature(("teacher_tau", "teacher_tau_min", "teacher_tau_max",
-                                              "learn_teacher_tau"), 1.0, 0.10, 1.00, False)
+    return {name: term.config() for name, term in term_classes().items() if term.always_configured}
 
 
 @dataclass
 class LossConfig:
-    gather_features: bool = False
-    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
-    soft_label: SoftLabelConfig = field(default_factory=SoftLabelConfig)
+    """``loss:``: ``gather_features``, ``plugins``, and one section per loss term (``icsd.losses``): the
+    built-in ``contrastive`` and ``soft_label`` always (defaults when absent), ``uni_modal`` and plug-in terms
+    when their section is there. ``cfg.loss.<section>`` reads a term's section."""
+
+    gather_features: bool = option(False, "all-gather features, ids and teacher features (with gradients) so the "
+                                          "loss sees the global batch; `false` (the reference): each rank's own")
+    plugins: list[str] = option([], "loss terms from outside the package, as import paths `module:Class`")
+    terms: dict[str, Any] = field(default_factory=_default_terms)  # section -> its config, in the terms' order
+
+    def __getattr__(self, name: str) -> Any:
+        terms = self.__dict__.get("terms")
+        if terms is not None and name in terms:
+            return terms[name]
+        raise AttributeError(f"loss has no section '{name}'")
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"
-    lr: float = 1.0e-5
-    weight_decay: float = 1.0e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1.0e-8
+    name: str = option("adamw", "any timm optimizer (`create_optimizer_v2`); no weight decay on parameters with "
+                                "ndim <= 1 (biases, norms, PDM scales, temperatures)")
+    lr: float = option(1.0e-5, "learning rate")
+    weight_decay: float = option(1.0e-4, "weight decay")
+    betas: list[float] = option([0.9, 0.999], "Adam betas")
+    eps: float = option(1.0e-8, "Adam epsilon")
 
 
 @dataclass
 class SchedulerConfig:
-    name: Literal["cosine", "tanh", "poly"] = "cosine"
-    min_lr: float = 1.0e-6
-    warmup_epochs: int = 0
-    warmup_lr: float = 1.0e-5
-    step_on_epochs: bool = False  # false: the cosine is updated every optimizer step
+    name: Literal["cosine", "tanh", "poly"] = option("cosine", "timm `create_scheduler_v2` schedule")
+    min_lr: float = option(1.0e-6, "the schedule's final learning rate")
+    warmup_epochs: int = option(0, "linear warm-up epochs")
+    warmup_lr: float = option(1.0e-5, "learning rate at the start of the warm-up")
+    step_on_epochs: bool = option(False, "`false`: the schedule advances every optimizer step; `true`: once per "
+                                         "epoch")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    precision: Literal["fp32", "amp_bf16", "amp_fp16"] = "amp_bf16"
-    grad_clip: Optional[float] = None
-    grad_checkpointing: bool = False
-    accum_steps: int = 1
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    log_every: int = 20
-    save_every: int = 0  # also keep checkpoint_epoch{N}.pth every N epochs; 0 = only best and last
-    checkpoint_every_steps: int = 0  # write a recovery checkpoint every N optimizer steps; 0 = off
-    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
-    wandb_project: str = "icsd"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dist_timeout_minutes: float = 30.0  # collectives' timeout (rank 0 may build the text cache meanwhile)
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(128, "per process: the global batch is this x the number of processes")
+    precision: Literal["fp32", "amp_bf16", "amp_fp16"] = option("amp_bf16", "autocast precision (the losses run "
+                                                                            "in fp32)")
+    grad_clip: Optional[float] = option(None, "max gradient norm; `null`: no clipping")
+    grad_checkpointing: bool = option(False, "open_clip's activation checkpointing (less memory, more time)")
+    accum_steps: int = option(1, "gradient accumulation: micro-batches per optimizer step")
+    optimizer: OptimizerConfig = section(OptimizerConfig, "the optimizer (timm)")
+    scheduler: SchedulerConfig = section(SchedulerConfig, "the learning-rate schedule (timm)")
+    log_every: int = option(20, "optimizer steps between progress updates, tracker scalars and non-finite loss "
+                                "checks (the loss is never read back per step)")
+    save_every: int = option(0, "also keep `checkpoint_epoch{N}.pth` (a hard link) every N epochs; 0: only best "
+                                "and last")
+    checkpoint_every_steps: int = option(0, "write a recovery checkpoint every N optimizer steps; 0: off")
+    report_to: list[Literal["tensorboard", "wandb"]] = option([], "trackers: `[tensorboard]`, `[wandb]` or both")
+    wandb_project: str = option("icsd", "W&B project of `report_to: [wandb]`")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "`auto`: CUDA when available")
+    dist_timeout_minutes: float = option(30.0, "timeout of collectives (the main rank may build a cache meanwhile)")
 
 
 @dataclass
 class EvalConfig:
-    splits: list[str] = field(default_factory=lambda: ["val", "test"])
-    select_on: str = "val"
+    splits: list[str] = option(["val", "test"], "splits evaluated every epoch (any size: ranking runs in chunks)")
+    select_on: str = option("val", "the split that selects `checkpoint_best.pth`")
     select_metric: Literal["r_mean", "rsum", "txt_r_mean", "img_r_mean", "txt_r1", "txt_r5", "txt_r10",
-                           "img_r1", "img_r5", "img_r10"] = "r_mean"
-    image_batch_size: int = 128
-    text_batch_size: int = 256
-    eval_before_training: bool = False
-    fold_size: int = 1000  # COCO 1K test: the mean over folds of fold_size consecutive images ...
-    folds_when_images: Optional[int] = 5000  # ... reported (as 1k_*) for a split of this many images
-    rank_chunk_size: int = 1024  # queries ranked at a time: memory ~ rank_chunk_size x candidates x 4 bytes
+                           "img_r1", "img_r5", "img_r10"] = option("r_mean", "the metric that selects it")
+    image_batch_size: int = option(128, "fixed image encoding batches (PDM depends on the batch)")
+    text_batch_size: int = option(256, "fixed text encoding batches")
+    eval_before_training: bool = option(False, "also evaluate before the first epoch (`epoch: 0` in the log)")
+    fold_size: int = option(1000, "COCO 1K test: the mean over folds of this many consecutive images ...")
+    folds_when_images: Optional[int] = option(5000, "... reported (as `1k_*`) for a split of this many images; "
+                                                    "`null`: never")
+    rank_chunk_size: int = option(1024, "queries ranked at a time (memory ~ this x candidates x 4 bytes); results "
+                                        "do not depend on it")
 
 
 @dataclass
 class Config:
-    output_dir: str = "output/vitb32/coco/icsd"
-    seed: int = 42
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = option("output/vitb32/coco/icsd", "run folder; `_seed{seed}` is appended")
+    seed: int = option(42, "seeds Python, NumPy and torch (+ the rank) and the data order")
+    data: DataConfig = section(DataConfig, "the data root, its splits and teachers' features")
+    model: ModelConfig = section(ModelConfig, "the dual encoder")
+    loss: LossConfig = section(LossConfig, "the loss terms, one section each")
+    train: TrainConfig = section(TrainConfig, "training")
+    eval: EvalConfig = section(EvalConfig, "evaluation and checkpoint selection")
 
     @property
     def run_dir(self) -> str:
@@ -245,19 +269,41 @@ def _yaml_keys(cls: type) -> dict[str, tuple[str, Optional[str]]]:
     return keys
 
 
+def _check_keys(raw: dict, keys, label: str, source: str) -> None:
+    for key in raw:
+        if key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(keys)}"
+            raise ConfigError(f"{source}: unknown key '{key}' in {label}{hint}")
+
+
+def _build_loss(raw: dict, source: str) -> LossConfig:
+    """``loss:``: its own keys, then one section per term, built-in or plug-in (an unknown section is an error)."""
+    from icsd.losses.term import term_classes
+
+    plugins = _coerce(raw.get("plugins", []), list[str], f"{source}: key 'loss.plugins'")
+    try:
+        classes = term_classes(plugins)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _check_keys(raw, ["gather_features", "plugins", *classes], "section 'loss'", source)
+    terms = {name: _build(term.config, raw.get(name), f"loss.{name}", source)
+             for name, term in classes.items() if name in raw or term.always_configured}
+    gather = _coerce(raw.get("gather_features", False), bool, f"{source}: key 'loss.gather_features'")
+    return LossConfig(gather, plugins, terms)
+
+
 def _build(cls: type, raw: Any, section: str, source: str) -> Any:
     label = f"section '{section}'" if section else "the top level"
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {label} must be a mapping, got {raw!r}")
+    if cls is LossConfig:
+        return _build_loss(raw, source)
     hints = typing.get_type_hints(cls)
     keys = _yaml_keys(cls)
-    for key in raw:
-        if key not in keys:
-            close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(keys)}"
-            raise ConfigError(f"{source}: unknown key '{key}' in {label}{hint}")
+    _check_keys(raw, keys, label, source)
 
     def where(key: str) -> str:
         return f"{source}: key '{section}.{key}'" if section else f"{source}: key '{key}'"
@@ -276,14 +322,25 @@ def _build(cls: type, raw: Any, section: str, source: str) -> Any:
     return cls(**values)
 
 
-def _temperatures(node: Any, section: str = ""):
-    """Every TemperatureConfig of the config tree: (section, its YAML keys by part, the config)."""
+def _sections(node: Any, section: str = ""):
+    """Every section of the config tree, nested ones and loss terms included: (dotted name, its dataclass)."""
+    yield section, node
     for f in dataclasses.fields(node):
         value = getattr(node, f.name)
-        if f.metadata.get("yaml_keys"):
-            yield section, f.metadata["yaml_keys"], value
-        elif dataclasses.is_dataclass(value):
-            yield from _temperatures(value, f"{section}.{f.name}" if section else f.name)
+        child = f"{section}.{f.name}" if section else f.name
+        if isinstance(value, dict):  # loss.terms: the term sections, keyed by their YAML names
+            for name, term in value.items():
+                yield from _sections(term, f"{section}.{name}")
+        elif dataclasses.is_dataclass(value) and not f.metadata.get("yaml_keys"):
+            yield from _sections(value, child)
+
+
+def _temperatures(node: Any):
+    """Every TemperatureConfig of the config tree: (section, its YAML keys by part, the config)."""
+    for section, value in _sections(node):
+        for f in dataclasses.fields(value):
+            if f.metadata.get("yaml_keys"):
+                yield section, f.metadata["yaml_keys"], getattr(value, f.name)
 
 
 def _check_ranges(cfg: Config, source: str) -> None:
@@ -302,9 +359,16 @@ def _check_ranges(cfg: Config, source: str) -> None:
         need(t.min > 0, f"{k['min']} = {t.min!r} must be > 0")
         need(t.min <= t.init <= t.max, f"{k['init']} = {t.init!r} must lie in [{keys['min']}, {keys['max']}] = "
                                        f"[{t.min!r}, {t.max!r}] (0 < {keys['min']} <= {keys['init']} <= {keys['max']})")
-    alpha = cfg.loss.soft_label.alpha
-    need(0.0 <= alpha <= 1.0, f"loss.soft_label.alpha = {alpha!r} must be in [0, 1]")
-    for key in ("loss.contrastive.weight", "loss.soft_label.weight", "train.save_every",
+    from icsd.losses.term import term_classes
+
+    classes = term_classes(cfg.loss.plugins)
+    for name, section in cfg.loss.terms.items():
+        need(section.weight >= 0, f"loss.{name}.weight = {section.weight!r} must be >= 0")
+        try:
+            classes[name](section).check()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    for key in ("train.save_every",
                 "train.checkpoint_every_steps", "data.num_workers", "train.optimizer.lr",
                 "train.optimizer.weight_decay", "train.scheduler.min_lr", "train.scheduler.warmup_epochs"):
         at_least(key, 0)
@@ -410,6 +474,9 @@ def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> C
 
 def config_to_dict(cfg: Any) -> dict:
     """The config as its YAML mapping (the users' keys: temperatures flattened into their sections)."""
+    if isinstance(cfg, LossConfig):
+        return {"gather_features": cfg.gather_features, **({"plugins": list(cfg.plugins)} if cfg.plugins else {}),
+                **{name: config_to_dict(section) for name, section in cfg.terms.items()}}
     out: dict = {}
     for f in dataclasses.fields(cfg):
         value, flat = getattr(cfg, f.name), f.metadata.get("yaml_keys")

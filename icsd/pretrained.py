@@ -8,13 +8,11 @@ downloaded: the model is built with random init from the exported config, then l
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING, Optional
 
-import yaml
-
 from icsd.errors import CheckpointError, ICSDError
+from icsd.files import read_json, read_yaml
 
 if TYPE_CHECKING:
     from icsd.config import Config
@@ -27,16 +25,12 @@ class ExportError(CheckpointError):
     """A missing, partial or corrupted export folder."""
 
 
-def _read_mapping(folder: str, name: str, parse, kind: str, missing_hint: str = ""):
-    """A mapping parsed from ``folder/name`` (``parse(file)``), or one ExportError saying what is wrong."""
+def _read_mapping(folder: str, name: str, read, kind: str, missing_hint: str = ""):
+    """A mapping read from ``folder/name`` by ``icsd.files``' reader ``read``, or one ExportError."""
     path = os.path.join(folder, name)
     if not os.path.isfile(path):
         raise ExportError(f"{folder} is not a complete ICSD export: {name} is missing{missing_hint}")
-    try:
-        with open(path) as f:
-            value = parse(f)
-    except (OSError, ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
-        raise ExportError(f"{folder}: {name} is not readable {kind} ({exc})") from None
+    value = read(path, name, ExportError)
     if not isinstance(value, dict):
         raise ExportError(f"{folder}: {name} is not a {kind} mapping")
     return value
@@ -44,11 +38,11 @@ def _read_mapping(folder: str, name: str, parse, kind: str, missing_hint: str = 
 
 def read_export_config(folder: str) -> dict:
     """The exported config as a dict (the resolved config, ``model.pretrained`` null)."""
-    return _read_mapping(folder, CONFIG, yaml.safe_load, "YAML")
+    return _read_mapping(folder, CONFIG, read_yaml, "YAML")
 
 
 def read_export_info(folder: str) -> dict:
-    info = _read_mapping(folder, INFO, json.load, "JSON", " (interrupted export?)")
+    info = _read_mapping(folder, INFO, read_json, "JSON", " (interrupted export?)")
     if info.get("format") != FORMAT:
         raise ExportError(f"{folder}: {INFO} does not describe an ICSD export")
     if info.get("format_version") != FORMAT_VERSION:

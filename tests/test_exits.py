@@ -56,7 +56,7 @@ def test_an_unexpected_exception_ends_the_process(tmp_path, target, nth):
 
 def test_a_non_finite_loss_ends_the_process(tmp_path):
     done = run(train_argv(str(tmp_path / "run"), 1, faults=True),
-               faults=[{"target": "icsd.train.engine:icsd_loss", "nth": 2, "action": "nan"}])
+               faults=[{"target": "icsd.losses.criterion:Criterion.__call__", "nth": 2, "action": "nan"}])
     assert_prompt_clean_exit(done, 1, "error: non-finite loss (")
 
 
@@ -72,8 +72,13 @@ def test_a_stop_signal_with_workers(tmp_path, sig, code, message):
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
-    done = run(train_argv(str(tmp_path / "run"), 1), on_line=signal_at("epoch 1/1 step 2/9", signal.SIGINT, times=2))
+    """The first Ctrl-C stops at the step boundary and starts writing the recovery checkpoint (made slow here);
+    a second one a second later ends the run at once, the half-written checkpoint removed."""
+    out = str(tmp_path / "run")
+    done = run(train_argv(out, 1, faults=True), faults=[{"target": "torch:save", "action": "sleep", "seconds": 30}],
+               on_line=signal_at("epoch 1/1 step 2/9", signal.SIGINT, times=2, pause=1.0))
     assert_prompt_clean_exit(done, 130, "interrupted (no recovery checkpoint written)")
+    assert os.listdir(out + "_seed42") and not glob.glob(os.path.join(out + "_seed42", "*.pth*"))
 
 
 def _mount_small_disk(folder: str, megabytes: int) -> bool:

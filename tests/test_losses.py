@@ -1,9 +1,10 @@
-"""Losses (SPEC section 4) against slow, loop-based reference implementations written from the formulas.
+"""Losses (docs/method.md) against slow, loop-based reference implementations written from the formulas.
 
 The references below work on Python floats (double precision) with ``math.exp``/``math.log`` and explicit
-loops over i, j; they never call icsd.losses. ``icsd_loss`` computes in float32 (it casts features for AMP
-safety), so its comparisons use a relative tolerance of 1e-5 on top of the absolute 1e-6; the pure
-per-direction functions are fed float64 and compared at 1e-6 (and tighter).
+loops over i, j; they never call icsd.losses. The configured loss (``icsd.losses.Criterion``, through
+``icsd_loss`` below) computes in float32 (it casts features for AMP safety), so its comparisons use a
+relative tolerance of 1e-5 on top of the absolute 1e-6; the pure per-direction functions are fed float64 and
+compared at 1e-6 (and tighter).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import torch
 
 from icsd.config import config_from_dict
 from icsd.losses import (
+    Criterion,
     contrastive_loss,
     cosine_similarity_matrix,
     fuse_similarities,
-    icsd_loss,
     multi_positive_targets,
     soft_label_loss,
 )
@@ -176,6 +177,28 @@ def ref_icsd(out: dict, ids: list, loss_raw: dict, ext_img=None, ext_txt=None) -
 # ----------------------------------------------------------------------------------------------------
 def loss_cfg(raw: dict):
     return config_from_dict({"loss": raw}).loss
+
+
+class Temperatures:
+    """The temperatures the terms read, from a test's ``out`` dict (the shared student temperature ``tau_s`` is
+    ``out["tau_s_i2t"]``)."""
+
+    def __init__(self, out: dict):
+        self.out = out
+
+    def temperature(self, name: str) -> torch.Tensor:
+        return self.out["tau_s_i2t" if name == "tau_s" else name]
+
+    def head(self, name: str):
+        raise KeyError(name)
+
+
+def icsd_loss(out: dict, ids: torch.Tensor, cfg, ext_img=None, ext_txt=None) -> dict:
+    """The configured loss (``icsd.losses.Criterion``) on a test's features, temperatures and teachers."""
+    batch = {"image_index": ids, **({"ext_img": ext_img} if ext_img is not None else {}),
+             **({"ext_txt": ext_txt} if ext_txt is not None else {})}
+    features = {k: out[k] for k in ("x_img", "x_txt", "f_img", "f_txt")}
+    return Criterion(cfg)(features, batch, Temperatures(out))
 
 
 def make_out(seed: int = 0, dtype=torch.float32, tau=0.07, tau_s_i2t=0.3, tau_s_t2i=None, tau_t=0.8,
@@ -444,18 +467,22 @@ def test_soft_label_differs_from_external_only_when_alpha_positive():
 # ----------------------------------------------------------------------------------------------------
 # Gradients
 # ----------------------------------------------------------------------------------------------------
-def numerical_grad(out: dict, key: str, raw: dict, ext_img, ext_txt, h: float = 1e-6) -> list:
-    """Central differences of the reference total loss with respect to every entry of ``out[key]``."""
+def numerical_grad(out: dict, keys: tuple, raw: dict, ext_img, ext_txt, h: float = 1e-6) -> list:
+    """Central differences of the reference total loss with respect to every entry of ``out[key]``, the
+    entries of all ``keys`` moved together (one shared temperature used in two places)."""
     base = {k: v.detach().double().clone() for k, v in out.items()}
-    flat = base[key].reshape(-1)
+    flats = [base[key].reshape(-1) for key in keys]
     grads = []
-    for n in range(flat.numel()):
-        keep = float(flat[n])
-        flat[n] = keep + h
+    for n in range(flats[0].numel()):
+        keep = float(flats[0][n])
+        for flat in flats:
+            flat[n] = keep + h
         plus = ref_icsd(base, IDS, raw, ext_img, ext_txt)["loss"]
-        flat[n] = keep - h
+        for flat in flats:
+            flat[n] = keep - h
         minus = ref_icsd(base, IDS, raw, ext_img, ext_txt)["loss"]
-        flat[n] = keep
+        for flat in flats:
+            flat[n] = keep
         grads.append((plus - minus) / (2 * h))
     return grads
 
@@ -473,10 +500,12 @@ def test_gradients_match_finite_differences_of_reference(raw):
     out = make_out(seed=21, tau_s_i2t=0.3, tau_s_t2i=0.55 if separate else None, tau_t=0.5, requires_grad=True)
     ext_img, ext_txt = make_ext(seed=22)
     icsd_loss(out, ids_tensor(), cfg, ext_img, ext_txt)["loss"].backward()
-    for key in ("x_img", "x_txt", "f_img", "f_txt", "tau", "tau_s_i2t", "tau_s_t2i", "tau_t"):
+    students = [("tau_s_i2t",), ("tau_s_t2i",)] if separate else [("tau_s_i2t", "tau_s_t2i")]  # shared: one tau_s
+    for keys in [("x_img",), ("x_txt",), ("f_img",), ("f_txt",), ("tau",), *students, ("tau_t",)]:
+        key = keys[0]
         grad = out[key].grad
         assert grad is not None, key
-        expected = numerical_grad(out, key, raw, ext_img, ext_txt)
+        expected = numerical_grad(out, keys, raw, ext_img, ext_txt)
         got = grad.double().reshape(-1).tolist()
         for n, (a, e) in enumerate(zip(got, expected)):
             assert abs(a - e) <= 1e-5 + 1e-4 * abs(e), (key, n, a, e)

@@ -5,7 +5,7 @@ the loss is finite, every trainable parameter gets a finite gradient and the par
 Cost: the backbone's backward is nearly all of it (ViT-B/32 at batch 2 in emulated bf16 takes about a
 minute on a 2-core AVX2 CPU), so each architecture runs its backbone forward and backward ONCE for all
 its configs: the backbone features are computed once, every config's own model (its heads, PDM or not, and
-temperatures, through ``ICSDModel.forward``) and loss (``icsd.train.engine.compute_loss_terms``) run on them, the
+temperatures, through ``ICSDModel.forward``) and loss (``icsd.losses.Criterion``) run on them, the
 sum of the configs' losses is backpropagated once, then each config's optimizer (timm AdamW from its config)
 steps. On CUDA every config steps in amp_bf16 (``bench/gpu_check.sh`` runs this file). On a CPU without native
 bf16 (this project's AVX2 machines) bf16 matmuls are emulated: the ViT-B/32 configs still step in amp_bf16
@@ -24,9 +24,9 @@ from torch import nn
 
 from icsd.amp import autocast
 from icsd.config import Config, config_to_dict, load_config
+from icsd.losses import Criterion
 from icsd.models import ICSDModel
 from icsd.models.backbone import build_backbone
-from icsd.train.engine import compute_loss_terms
 from icsd.train.optim import build_optimizer
 
 from conftest import REPO
@@ -91,7 +91,7 @@ def step_all(clip: str, names: list[str]) -> dict[str, dict]:
         model.clip = shared  # this config's heads and temperatures on the shared backbone features
         with autocast(precision(clip), DEVICE):
             out = model(images, tokens)
-        terms = compute_loss_terms(out, batch, load(name))
+        terms = Criterion(load(name).loss)(out, batch, model)
         model.clip = backbone.clip
         total = total + terms["loss"]
         results[name] = {"terms": {k: v.detach().float().cpu() for k, v in terms.items()}}

@@ -44,9 +44,47 @@ def test_no_sys_path_manipulation_outside_tests():
     assert offenders == []
 
 
-def test_data_never_imports_the_preparation_package():
-    for path in glob.glob(os.path.join(REPO, "icsd", "data", "*.py")):
-        assert not {m for m in imported_modules(path) if m.startswith("icsd.prep")}, path
+TOOL_ENTRIES = {"report", "plot", "show", "export", "ablate", "prep"}  # icsd/<tool>.py: python -m icsd.<tool>
+
+
+def layer(path: str) -> str:
+    """library | train | tools, by where a module of icsd/ lives."""
+    parts = os.path.relpath(path, os.path.join(REPO, "icsd")).split(os.sep)
+    if parts[0] in ("train", "tools"):
+        return parts[0]
+    return "tools" if len(parts) == 1 and parts[0][:-3] in TOOL_ENTRIES else "library"
+
+
+def test_the_library_never_imports_training_or_tool_code():
+    """The import graph: the library (models, losses, metrics, config, data, evaluation, distributed set-up,
+    mixed precision, the caches) imports neither icsd.train nor icsd.tools, lazily or not; training does not
+    import the tools."""
+    forbidden = {"library": ("icsd.train", "icsd.tools"), "train": ("icsd.tools",), "tools": ()}
+    modules = glob.glob(os.path.join(REPO, "icsd", "**", "*.py"), recursive=True)
+    assert {layer(p) for p in modules} == {"library", "train", "tools"}
+    offenders = {os.path.relpath(p, REPO): sorted(m for m in imported_modules(p) if m.startswith(forbidden[layer(p)]))
+                 for p in modules if forbidden[layer(p)]}
+    assert {p: m for p, m in offenders.items() if m} == {}
+
+
+def test_no_function_of_the_package_is_long():
+    """A reader takes in any function at a glance: none in icsd/ is over 60 lines."""
+    long = []
+    for path in glob.glob(os.path.join(REPO, "icsd", "**", "*.py"), recursive=True):
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append((os.path.relpath(path, REPO), node.name, node.end_lineno - node.lineno + 1))
+    assert long == []
+
+
+def test_ablate_runs_from_any_folder(tmp_path):
+    """icsd.ablate runs the training entry point as ``python -m icsd.train``: found through the package, not
+    by walking up from a folder, so it works from anywhere."""
+    config = os.path.join(REPO, "configs", "example", "icsd.yaml")
+    out = subprocess.run([sys.executable, "-m", "icsd.ablate", "--configs", config, "--dry-run", "--opts",
+                          f"output_dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"would run: {sys.executable} -m icsd.train --config {config} --resume auto" in out.stdout
 
 
 def test_only_icsd_models_builds_the_model():
@@ -136,3 +174,21 @@ def test_out_log_holds_what_rank_0_printed(tmp_path, capsys):
     assert [m for m in messages if m.strip()] == [line for line in shown if line in messages]
     table = [line for line in shown if line.startswith("val ")]
     assert table and all(line in messages for line in table)
+
+
+def test_the_config_reference_page_is_generated_from_the_code(capsys):
+    """docs/config.md is what the config dataclasses say now (regenerate: python -m icsd.tools.config_reference
+    --out docs/config.md); every key of a resolved config is on it."""
+    from icsd.tools import config_reference
+
+    assert config_reference.main(["--check", os.path.join(REPO, "docs", "config.md")]) == 0, capsys.readouterr().err
+    page = open(os.path.join(REPO, "docs", "config.md")).read()
+
+    def keys(node, prefix=""):
+        for key, value in node.items():
+            yield from keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+
+    from icsd.config import config_to_dict
+
+    resolved = config_to_dict(load_config(os.path.join(REPO, "configs", "vitb32", "coco", "icsd.yaml")))
+    assert [k for k in keys(resolved) if f"`{k}`" not in page] == []

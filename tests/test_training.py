@@ -100,9 +100,9 @@ def test_best_checkpoint_is_selected_on_val_not_test(tmp_path, monkeypatch, val,
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    from icsd.train import engine
+    from icsd.losses import Criterion
 
-    real_loss, calls = engine.icsd_loss, {"n": 0}
+    real_loss, calls = Criterion.__call__, {"n": 0}
     steps_per_epoch = 300 // 32
 
     def poisoned(*args, **kwargs):
@@ -112,7 +112,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setattr(engine, "icsd_loss", poisoned)
+    monkeypatch.setattr(Criterion, "__call__", poisoned)
     code, run_dir = run(tmp_path, "nan", "train.log_every=2")
     assert code == 1
     err = capsys.readouterr().err

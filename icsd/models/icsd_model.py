@@ -1,4 +1,5 @@
-"""The ICSD dual encoder. ``forward`` returns features and temperatures; losses live in icsd.losses."""
+"""The ICSD dual encoder. ``forward`` returns features; the losses (icsd.losses) find the parameters of their
+terms (temperatures, heads) here by name."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from icsd.config import Config
+from icsd.losses import Criterion
 from icsd.models.backbone import Backbone, build_backbone
 from icsd.models.heads import build_head
 from icsd.models.temperature import Temperatures
@@ -26,7 +28,10 @@ class ICSDModel(nn.Module):
                 param.requires_grad_(False)
         self.image_head = build_head(embed_dim, cfg.model.pdm, cfg.model.head_init_std)
         self.text_head = build_head(embed_dim, cfg.model.pdm, cfg.model.head_init_std)
-        self.temperatures = Temperatures(cfg.loss)
+        # The loss terms' parameters (icsd.losses): created for the terms that are on, found by name.
+        criterion = Criterion(cfg.loss)
+        self.temperatures = Temperatures(criterion.temperatures())
+        self.loss_heads = nn.ModuleDict(criterion.heads(embed_dim, cfg.model.head_init_std))
 
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(internal feature ``x_img``, normalised head output ``f``) for a batch of images."""
@@ -40,8 +45,13 @@ class ICSDModel(nn.Module):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         x_img, f_img = self.encode_image(images)
         x_txt, f_txt = self.encode_text(tokens)
-        return {"x_img": x_img, "x_txt": x_txt, "f_img": f_img, "f_txt": f_txt,
-                **self.temperatures.current()}
+        return {"x_img": x_img, "x_txt": x_txt, "f_img": f_img, "f_txt": f_txt}
+
+    def temperature(self, name: str) -> torch.Tensor:
+        return self.temperatures[name]()
+
+    def head(self, name: str) -> nn.Module:
+        return self.loss_heads[name]
 
     def clamp_temperatures_(self) -> None:
         self.temperatures.clamp_()

@@ -14,7 +14,12 @@ from icsd.models.icsd_model import ICSDModel, build_model
 
 
 def load_model_weights(model: nn.Module, weights: dict, source: str) -> None:
-    """``load_state_dict`` with a CheckpointError naming the mismatching keys (e.g. PDM on vs off)."""
+    """``load_state_dict`` with a CheckpointError naming the mismatching keys (e.g. PDM on vs off). A temperature
+    the model does not have is skipped: checkpoints of runs before the loss terms became plug-ins hold the
+    frozen temperatures of terms that were off (a contrastive run's ``tau_s``, ``tau_t``)."""
+    own = model.state_dict()
+    weights = {k: v for k, v in weights.items() if k in own or not (k.startswith("temperatures.")
+                                                                      and k.endswith(".value"))}
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

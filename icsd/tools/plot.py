@@ -20,8 +20,6 @@ from icsd.tools.command import run_command
 
 logger = logging.getLogger(__name__)
 
-LOSS_KEYS = ("loss", "loss_contrastive", "loss_soft")
-TEMPERATURE_KEYS = ("tau", "tau_s", "tau_s_i2t", "tau_s_t2i", "tau_t")
 STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3)))
 
 
@@ -39,17 +37,26 @@ class Series:
     n_runs: int
 
 
-def r_mean_keys(runs: list[Run]) -> list[str]:
-    """``{split}_r_mean`` keys in the logs (``val_r_mean``, ``test_1k_r_mean``; not the per-direction
-    means nor ``best_val_r_mean``), in first-seen order."""
-    keys: dict[str, None] = {}
-    for run in runs:
-        for record in run.records:
-            for key in record:
-                prefix = key[:-len("_r_mean")]
-                if key.endswith("_r_mean") and not prefix.endswith(("_txt", "_img")) and not key.startswith("best_"):
-                    keys[key] = None
-    return list(keys)
+def logged_keys(runs: list[Run], wanted) -> list[str]:
+    """The log keys for which ``wanted(key)`` holds, in first-seen order: whatever terms and splits a run has."""
+    return list(dict.fromkeys(key for run in runs for record in run.records for key in record if wanted(key)))
+
+
+def is_loss(key: str) -> bool:
+    """The total and each loss term's weighted value (``loss``, ``loss_contrastive``, ``loss_soft``, ...)."""
+    return key == "loss" or key.startswith("loss_")
+
+
+def is_temperature(key: str) -> bool:
+    """Every loss temperature is logged by its name, which starts with ``tau``."""
+    return key.startswith("tau")
+
+
+def is_r_mean(key: str) -> bool:
+    """``{split}_r_mean`` (``val_r_mean``, ``test_1k_r_mean``; not the per-direction means nor
+    ``best_val_r_mean``)."""
+    return key.endswith("_r_mean") and not key[:-len("_r_mean")].endswith(("_txt", "_img")) \
+        and not key.startswith("best_")
 
 
 def series_for(name: str, runs: list[Run], key: str) -> Series | None:
@@ -71,8 +78,8 @@ def curve_data(runs: list[Run]) -> dict[str, list[Series]]:
     """Panel title -> the series drawn in it, for every group of runs."""
     groups = group_runs(runs)
     names = short_names(list(groups))
-    panels = {"loss terms": LOSS_KEYS, "temperatures": TEMPERATURE_KEYS, "learning rate": ("lr",),
-              "r_mean per split": tuple(r_mean_keys(runs))}
+    panels = {"loss terms": logged_keys(runs, is_loss), "temperatures": logged_keys(runs, is_temperature),
+              "learning rate": ["lr"], "r_mean per split": logged_keys(runs, is_r_mean)}
     data: dict[str, list[Series]] = {}
     for title, keys in panels.items():
         data[title] = [s for group, members in groups.items() for key in keys

@@ -103,6 +103,16 @@ class _LossSums:
                                 f"The last checkpoint written is intact; try a lower lr, grad_clip or fp32.")
 
 
+def _speed(session: Session, done: int, left: int, elapsed: float, total_seconds: float, data_seconds: float) -> dict:
+    """The progress figures of a log interval: ``done`` steps in ``elapsed`` seconds since this start, ``left``
+    to go; the data share over the whole epoch (``total_seconds``, a resumed epoch's earlier part included)."""
+    cfg, env = session.cfg.train, session.env
+    return {"lr": session.state.optimizer.param_groups[0]["lr"],
+            "samples_per_second": done * cfg.accum_steps * cfg.batch_size * env.world_size / max(elapsed, 1e-9),
+            "data_share": data_seconds / max(total_seconds, 1e-9), "memory_gb": peak_memory_gb(env.device),
+            "eta_seconds": left * elapsed / max(1, done)}
+
+
 def train_one_epoch(session: Session, position: EpochState) -> dict | EpochStop:
     """Train the optimizer steps ``position.update .. session.updates_per_epoch`` of ``position.epoch``.
     Returns the epoch means of every loss term with timings, or an ``EpochStop``."""
@@ -149,13 +159,9 @@ def train_one_epoch(session: Session, position: EpochState) -> dict | EpochStop:
                 # The one host sync of the interval; all ranks reduce here, so all stop together on a NaN.
                 sums.check_finite(position.epoch, step)
                 if env.is_main:  # the progress line and the trackers are rank 0's
-                    now = time.perf_counter()
-                    scalars = {**sums.means(step * accum), "lr": state.optimizer.param_groups[0]["lr"],
-                               "samples_per_second": (step - first) * accum * cfg.batch_size * env.world_size
-                               / max(now - start, 1e-9),
-                               "data_share": data_seconds / max(seconds + now - start, 1e-9),
-                               "memory_gb": peak_memory_gb(env.device),
-                               "eta_seconds": (steps - step) * (now - start) / max(1, step - first)}
+                    elapsed = time.perf_counter() - start
+                    scalars = {**sums.means(step * accum), **_speed(session, step - first, steps - step, elapsed,
+                                                                     seconds + elapsed, data_seconds)}
                     progress.update(step, scalars)
                     session.log_interval(scalars)
             every = cfg.checkpoint_every_steps

@@ -9,7 +9,6 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from typing import Optional
 
 import torch
@@ -27,10 +26,9 @@ from icsd.data.text_cache import ensure_text_cache
 from icsd.distributed import DistEnv, all_gather_objects, run_on_main
 from icsd.errors import ConfigError, DataError
 from icsd.evaluate import Evaluator
-from icsd.losses import needs_teacher_features
+from icsd.losses import Criterion, needs_teacher_features
 from icsd.models import ICSDModel, build_model_for
 from icsd.processes import ignore_stop_signals
-from icsd.train.engine import compute_loss_terms
 from icsd.train.loop import EpochStop, train_one_epoch
 from icsd.train.optim import build_optimizer, build_scheduler
 from icsd.train.preemption import StopControl
@@ -154,7 +152,8 @@ def build_session(cfg: Config, env: DistEnv, data: TrainingData, folder: RunFold
         del checkpoint
     if env.is_main:
         folder.start(resumed=resume_path is not None)
-    return Session(cfg, env, state, _distributed(model, env), partial(compute_loss_terms, cfg=cfg),
+    criterion = Criterion(cfg.loss)
+    return Session(cfg, env, state, _distributed(model, env), lambda out, batch: criterion(out, batch, model),
                    DeviceBatches(loader, env.device, backbone.pixels), sampler, updates_per_epoch, folder,
                    Evaluator(data.eval_splits, backbone.pixels, backbone.tokenizer),
                    Trackers(cfg, cfg.run_dir, enabled=env.is_main))

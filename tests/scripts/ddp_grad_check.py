@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from icsd.config import load_config  # noqa: E402
 from icsd.data.build import build_train_pairs, load_data_split, load_teacher_features  # noqa: E402
 from icsd.distributed import init_distributed, shutdown  # noqa: E402
+from icsd.losses import Criterion  # noqa: E402
 from icsd.models import build_model  # noqa: E402
-from icsd.train.engine import compute_loss_terms  # noqa: E402
 
 from conftest import EXAMPLE_CONFIG, tiny_overrides  # noqa: E402
 
@@ -38,7 +38,7 @@ def main(out_path: str, global_batch: int, opts: list[str]) -> None:
     batch = {k: v[env.rank * local:(env.rank + 1) * local] for k, v in batch.items()}
     wrapped = DistributedDataParallel(model) if env.distributed else model
     out = wrapped(batch["image"], batch["tokens"])
-    terms = compute_loss_terms(out, batch, cfg)
+    terms = Criterion(cfg.loss)(out, batch, model)
     terms["loss"].backward()
     if env.is_main:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
