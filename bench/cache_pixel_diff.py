@@ -1,4 +1,4 @@
-"""Measure: how far the prepared image cache moves the model's input pixels (SPEC section 10).
+"""Measure: how far the prepared image cache moves the model's input pixels (docs/benchmarks.md).
 
     .venv/bin/python bench/cache_pixel_diff.py                  # dataset_example's 100 images
     .venv/bin/python bench/cache_pixel_diff.py --qualities 85 95 100

@@ -1,5 +1,5 @@
 """Benchmark: images/s of the training loader by worker count, original COCO-size JPEGs vs the prepared
-image cache (SPEC section 10).
+image cache (docs/benchmarks.md).
 
     .venv/bin/python bench/data_loader.py                        # workers 0 1 2, 512 images, ViT-B-32 transform
     .venv/bin/python bench/data_loader.py --workers 0 4 8 16 --images 2000 --model ViT-L-14-336

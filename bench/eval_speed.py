@@ -1,4 +1,4 @@
-"""Benchmark: evaluation time at COCO-5K shape (SPEC sections 6 and 10): encoding vs ranking.
+"""Benchmark: evaluation time at COCO-5K shape (docs/evaluation.md, docs/benchmarks.md): encoding vs ranking.
 
     .venv/bin/python bench/eval_speed.py                       # 5,000 images x 25,000 captions, D 512
     .venv/bin/python bench/eval_speed.py --images 1000 --loop-rows 100

@@ -1,5 +1,5 @@
 """Benchmark: memory of the training data loader over a COCO-scale image-teacher file in the project's
-mmap layout (SPEC section 2: "it must not need the whole file in RAM").
+mmap layout (docs/data.md: it must not need the whole file in RAM).
 
     .venv/bin/python bench/feature_mmap_rss.py                   # 20,000 x 37,632 float16 = 1.5 GB
     .venv/bin/python bench/feature_mmap_rss.py --batches 500 --num-workers 2

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check that needs CUDA (SPEC section 10), on one GPU, in under 8 minutes, as one table.
+# Every check that needs CUDA (docs/benchmarks.md), on one GPU, in under 8 minutes, as one table.
 #
 #   bash bench/gpu_check.sh [--only STEP ...] [LOG_DIR]   # from anywhere; PYTHON=/path/to/python chooses the
 #                                                          # interpreter; --only reruns just the steps named

@@ -1,4 +1,4 @@
-"""Benchmark: ``python -m icsd.report`` over 100 run folders (SPEC section 9; the target is under 2 s).
+"""Benchmark: ``python -m icsd.report`` over 100 run folders (docs/tools.md; the target is under 2 s).
 
     .venv/bin/python bench/report_speed.py              # 25 configs x 4 seeds, 30 epochs each
     .venv/bin/python bench/report_speed.py --configs 50 --seeds 4 --epochs 50

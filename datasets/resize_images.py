@@ -1,4 +1,4 @@
-"""Prepare a resized image cache for training (SPEC section 10): every image's shorter side resized to the
+"""Prepare a resized image cache for training (docs/benchmarks.md): every image's shorter side resized to the
 model's input size, saved as JPEG, in parallel and resumably; then point ``data.image_root`` at it.
 
     python datasets/resize_images.py --config configs/vitb32/coco/icsd.yaml --out datasets/coco/images_224

@@ -1,4 +1,4 @@
-"""Typed, validated configuration (SPEC section 8).
+"""Typed, validated configuration (docs/config.md).
 
 A YAML file maps onto the nested dataclasses below. Every key is checked: an unknown or misspelled key
 stops with a message naming the key, its section and the file, and suggests the closest valid key; a

@@ -1,4 +1,4 @@
-"""Evaluation: encode a split in fixed batches (sharded over ranks), then Recall@K (SPEC section 6).
+"""Evaluation: encode a split in fixed batches (sharded over ranks), then Recall@K (docs/evaluation.md).
 
 No training code path is involved: ``evaluation.py`` uses this module alone (with ``icsd.models``).
 """
@@ -67,7 +67,7 @@ def evaluate_split(model: ICSDModel, split: Split, pixels: PixelTransform, token
     """Recall@K of ``split``; for a split of ``eval.folds_when_images`` images (COCO 5K test) also the mean
     over folds of ``eval.fold_size`` images (COCO 1K test), as ``1k_*``."""
     f_img, f_txt, texts = encode_split(model, split, pixels, tokenizer, cfg, env)
-    # Ranked in chunks of queries on the device: the full score matrix is never built (SPEC section 6).
+    # Ranked in chunks of queries on the device: the full score matrix is never built (docs/evaluation.md).
     f_img, f_txt, txt2img = f_img.to(env.device), f_txt.to(env.device), texts.txt2img.to(env.device)
     chunk = cfg.eval.rank_chunk_size
     metrics = recall_metrics(f_img, f_txt, txt2img, chunk)

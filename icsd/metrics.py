@@ -1,4 +1,4 @@
-"""Recall@K for image-text retrieval (SPEC section 6), from the embeddings, in chunks of queries.
+"""Recall@K for image-text retrieval (docs/evaluation.md), from the embeddings, in chunks of queries.
 
 Rank of a query = number of NON-matching candidates whose score is >= the matching one's. Image->text:
 the image's captions are the matches and the score compared with is the best of theirs (the other captions

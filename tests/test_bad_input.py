@@ -1,4 +1,4 @@
-"""Every bad input of a long run stops before the first step (SPEC section 7), naming the culprit, in
+"""Every bad input of a long run stops before the first step (docs/data.md), naming the culprit, in
 seconds, with no checkpoint or log created or changed; an unreadable training image met mid-epoch keeps the
 finished steps in a recovery checkpoint."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bookkeeping that survives a kill at any instant (SPEC section 5): the process is killed (``os._exit``, as
+"""Bookkeeping that survives a kill at any instant (docs/training.md): the process is killed (``os._exit``, as
 ``kill -9``, injected through ``tests/scripts/with_faults.py``) at a point of the end-of-epoch bookkeeping, and
 ``--resume auto`` leaves a whole run folder."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Data loading (SPEC section 2): captions, annotations, split index maps, teacher features, datasets."""
+"""Data loading (docs/data.md): captions, annotations, split index maps, teacher features, datasets."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Every exit is prompt, with DataLoader workers running (SPEC section 7): the real entry point as a
+"""Every exit is prompt, with DataLoader workers running (docs/data.md): the real entry point as a
 subprocess (interpreter exit is where a job used to hang), ``data.num_workers=2`` (persistent workers), each
 stop path with its exit status, its message shown once and last, the process gone within 60 s of the message,
 and no process of the run left. Faults go in through ``tests/scripts/with_faults.py``."""

@@ -1,4 +1,4 @@
-"""Checks that need CUDA (SPEC section 10); skipped without a GPU. ``bench/gpu_check.sh`` runs them with
+"""Checks that need CUDA (docs/benchmarks.md); skipped without a GPU. ``bench/gpu_check.sh`` runs them with
 ``pytest -m gpu`` on a GPU machine: AMP steps (bf16, fp16 with its GradScaler) with clipping and
 accumulation, torchrun with NCCL and gathered features, a resume restoring the CUDA RNG state, and
 evaluation on CUDA equal to CPU evaluation."""

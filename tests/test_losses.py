@@ -143,7 +143,7 @@ def ref_soft(L: list, Fm: list, tau_s: float, tau_t: float, kind: str = "kl", mo
 
 
 def ref_icsd(out: dict, ids: list, loss_raw: dict, ext_img=None, ext_txt=None) -> dict:
-    """The total loss from the SPEC, as floats. ``loss_raw`` is the raw ``loss:`` config mapping."""
+    """The total loss from the formulas (docs/method.md), as floats. ``loss_raw`` is the raw ``loss:`` config mapping."""
     c = {"weight": 1.0, "mode": "mean", **loss_raw.get("contrastive", {})}
     s = {"weight": 0.15, "kind": "kl", "mode": "mean", "alpha": 0.3, **loss_raw.get("soft_label", {})}
     f, g = to_list(out["f_img"]), to_list(out["f_txt"])

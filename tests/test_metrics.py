@@ -1,4 +1,4 @@
-"""Recall@K (SPEC section 6) against a brute-force loop implementation written from the definition.
+"""Recall@K (docs/evaluation.md) against a brute-force loop implementation written from the definition.
 
 Rank = number of NON-matching candidates whose score is >= the matching one's (ties count against the
 query). Image->text rank of image i = the best (minimum) rank among its captions, the image's other captions
@@ -25,7 +25,7 @@ KEYS = ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "txt_r_mea
 # Brute force
 # ----------------------------------------------------------------------------------------------------
 def brute_force(sim: list, txt2img: list, strict: bool = False) -> dict:
-    """The rule of SPEC section 6 (``>=``, non-matching candidates only); ``strict=True`` is the old rule
+    """The rule of docs/evaluation.md (``>=``, non-matching candidates only); ``strict=True`` is the old rule
     (strictly higher scores only), which must give the same numbers on tie-free scores."""
     beats = (lambda a, b: a > b) if strict else (lambda a, b: a >= b)
     n_img, n_txt = len(sim), len(sim[0])

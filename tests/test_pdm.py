@@ -1,4 +1,4 @@
-"""PDM, heads, temperatures and the optimizer's weight-decay groups (SPEC sections 3 and 5).
+"""PDM, heads, temperatures and the optimizer's weight-decay groups (docs/method.md, docs/training.md).
 
 The PDM reference is written with explicit loops from the formula
 ``u = x/||x||; S = u u^T / t; A = softmax_rows(S) + softmax_cols(S); s = exp(theta); y = s*u - s*(A u);
@@ -151,7 +151,7 @@ def test_pdm_temperature_matters():
 
 
 def test_pdm_layernorm_eps_is_1e_6():
-    """With small y (tiny scales) the LayerNorm eps is visible: 1e-6 is what the SPEC asks."""
+    """With small y (tiny scales) the LayerNorm eps is visible: 1e-6 is the reference's."""
     pdm = PDM(8, scale_init=1e-3).double()
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(5, 8, generator=gen, dtype=torch.float64)

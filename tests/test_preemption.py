@@ -1,4 +1,4 @@
-"""Preemption and crash safety (SPEC section 5): SIGTERM mid-epoch stops at a step boundary with a recovery
+"""Preemption and crash safety (docs/training.md): SIGTERM mid-epoch stops at a step boundary with a recovery
 checkpoint and ``--resume auto`` ends exactly like an uninterrupted run (1 process and torchrun); a kill
 at any instant of the end-of-epoch bookkeeping leaves a run folder that ``--resume auto`` makes whole."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The prepared image cache (SPEC section 10): ``icsd.tools.prep.resize`` (library and command) and the training
+"""The prepared image cache (docs/data.md): ``icsd.tools.prep.resize`` (library and command) and the training
 loader reading ``data.image_root``."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SLURM launch (SPEC section 10): rank, world size, local rank and master address from ``srun``'s environment
+"""SLURM launch (docs/training.md): rank, world size, local rank and master address from ``srun``'s environment
 when torchrun's is absent; two hand-launched processes with SLURM variables train as one run."""
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Annotations, captions, teacher features and the datasets built from them (SPEC section 2)."""
+"""Annotations, captions, teacher features and the datasets built from them (docs/data.md)."""

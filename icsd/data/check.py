@@ -1,4 +1,4 @@
-"""Decoding every image of a split before training needs it (SPEC section 7): a truncated or corrupt image
+"""Decoding every image of a split before training needs it (docs/data.md): a truncated or corrupt image
 is found in seconds, not after an epoch of training."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The project's feature-file format, read and written (SPEC section 2); the one module that knows it.
+"""The project's feature-file format, read and written (docs/data.md); the one module that knows it.
 
 A feature file is a float16 ``[N, D]`` ``.npy`` matrix plus a sidecar ``<file>.meta.json`` describing it
 (``model``, ``mode``, ``kind``, ``ids`` of the rows for image features or ``fingerprint`` of the captions

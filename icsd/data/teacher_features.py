@@ -1,4 +1,4 @@
-"""External teacher features on disk (SPEC section 2).
+"""External teacher features on disk (docs/data.md).
 
 Image teacher ("unicom"), two layouts:
 

@@ -1,4 +1,4 @@
-"""PDM: subtract a learnable, similarity-weighted mix of the batch from each feature (SPEC section 3)."""
+"""PDM: subtract a learnable, similarity-weighted mix of the batch from each feature (docs/method.md)."""
 from __future__ import annotations
 
 import math

@@ -34,7 +34,7 @@ VAL_COLUMNS = ("r_mean", "rsum")
 HEADERS = {"txt_r1": "i2t R@1", "txt_r5": "i2t R@5", "txt_r10": "i2t R@10", "img_r1": "t2i R@1",
            "img_r5": "t2i R@5", "img_r10": "t2i R@10", "r_mean": "r_mean", "rsum": "RSUM"}
 
-# SPEC's published anchors (OpenAI CLIP weights, RSUM): (backbone, data) -> (contrastive fine-tune, CUSA).
+# The published anchors (OpenAI CLIP weights, RSUM): (backbone, data) -> (contrastive fine-tune, CUSA).
 ANCHORS = {("ViT-B/32", "COCO 5K test"): (422.6, 429.7), ("ViT-B/32", "Flickr30K 1K test"): (520.0, 526.3),
            ("ViT-L/14@336", "COCO 5K test"): (469.6, 473.1),
            ("ViT-L/14@336", "Flickr30K 1K test"): (554.5, 560.2)}

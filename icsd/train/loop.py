@@ -116,8 +116,8 @@ def _speed(session: Session, done: int, left: int, elapsed: float, total_seconds
 def train_one_epoch(session: Session, position: EpochState) -> dict | EpochStop:
     """Train the optimizer steps ``position.update .. session.updates_per_epoch`` of ``position.epoch``.
     Returns the epoch means of every loss term with timings, or an ``EpochStop``."""
-    cfg, env, state = session.cfg.train, session.env, session.state
-    model, accum, steps = session.model, cfg.accum_steps, session.updates_per_epoch
+    cfg, env, state, model = session.cfg.train, session.env, session.state, session.model
+    accum, steps = cfg.accum_steps, session.updates_per_epoch
     model.train()
     sums = _LossSums(position, env.device)
     seconds, data_seconds, first = position.seconds, position.data_seconds, position.update
@@ -167,8 +167,13 @@ def train_one_epoch(session: Session, position: EpochState) -> dict | EpochStop:
             every = cfg.checkpoint_every_steps
             if every and state.num_updates % every == 0 and step < steps:
                 session.save_recovery(where(step))  # reads the loss sums back: only when a checkpoint is due
-    seconds += time.perf_counter() - start
-    micro_steps = steps * accum
+    return _epoch_stats(session, sums, seconds + time.perf_counter() - start, data_seconds)
+
+
+def _epoch_stats(session: Session, sums: _LossSums, seconds: float, data_seconds: float) -> dict:
+    """The epoch's means of every loss term over all ranks' micro-steps, and its speed."""
+    cfg, env = session.cfg.train, session.env
+    micro_steps = session.updates_per_epoch * cfg.accum_steps
     stats = dict(zip(sums.names, (all_reduce_sum(sums.sums) / (env.world_size * micro_steps)).tolist()))
     stats["seconds_training"] = seconds
     stats["samples_per_second"] = micro_steps * cfg.batch_size * env.world_size / seconds

@@ -1,4 +1,4 @@
-"""Stopping a run cleanly on SIGTERM, SIGINT or SIGUSR1 (SPEC section 5: preemptible clusters).
+"""Stopping a run cleanly on SIGTERM, SIGINT or SIGUSR1 (docs/training.md: preemptible clusters).
 
 The signal handler only records the signal; the training loop asks ``StopControl.should_stop`` at each
 optimizer-step boundary, and every rank takes the same decision (any rank's signal or input failure stops

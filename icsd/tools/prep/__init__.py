@@ -1,4 +1,4 @@
-"""Dataset preparation and teacher features (SPEC section 2): ``python -m icsd.prep <command>``.
+"""Dataset preparation and teacher features (docs/data.md): ``python -m icsd.prep <command>``.
 
 Commands (each a module here with ``configure(parser)``, ``run(args)`` and a ``USAGE`` text; the scripts in
 ``datasets/`` are short entries to the same commands):
