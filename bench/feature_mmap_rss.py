@@ -102,7 +102,7 @@ def synthetic_split(ids: list[str], captions_per_image: int, image_path: str) ->
     txt2img = np.repeat(np.arange(n, dtype=np.int64), captions_per_image)
     captions = [f"caption {t} of image {t // captions_per_image}" for t in range(len(txt2img))]
     img2txt = [np.arange(i * captions_per_image, (i + 1) * captions_per_image) for i in range(n)]
-    return Split(name="train", annotation_file="<synthetic>", captions=captions, image_ids=ids,
+    return Split(name="train", annotation_file="<synthetic>", captions=captions, image_ids=ids, file_order=None,
                  image_paths=[image_path] * n, txt2img=txt2img, img2txt=img2txt)
 
 

@@ -70,8 +70,15 @@ class ModelConfig:
                                             "`.json`")
     pretrained: Optional[str] = option("openai", "open_clip tag, local weights file, or `null` (random init)")
     force_quick_gelu: bool = option(False, "QuickGELU for OpenAI weights under a name without `-quickgelu`")
+    heads: Literal["linear", "none"] = option(
+        "linear", "cross-modal heads: `linear` (PDM or LayerNorm -> Linear); `none`: CLIP's own embeddings (the "
+                  "plain fine-tune; PDM needs heads)")
     pdm: PDMConfig = section(PDMConfig, "feature separation before the cross-modal heads")
     head_init_std: float = option(0.02, "std of the heads' Linear weights (bias 0), the loss terms' heads too")
+    lock_image: bool = option(False, "freeze the image tower (open_clip `lock_image_tower`)")
+    lock_image_unlocked_groups: int = option(0, "... but train its last N layer groups")
+    lock_text: bool = option(False, "freeze the text tower (open_clip `lock_text_tower`)")
+    lock_text_unlocked_layers: int = option(0, "... but train its last N layers")
 
 
 @dataclass
@@ -132,6 +139,9 @@ class OptimizerConfig:
     weight_decay: float = option(1.0e-4, "weight decay")
     betas: list[float] = option([0.9, 0.999], "Adam betas")
     eps: float = option(1.0e-8, "Adam epsilon")
+    head_lr_scale: float = option(1.0, "learning-rate multiplier of the heads (cross-modal and loss terms')")
+    pdm_lr_scale: float = option(1.0, "learning-rate multiplier of PDM's parameters")
+    temperature_lr_scale: float = option(1.0, "learning-rate multiplier of the temperatures")
 
 
 @dataclass
@@ -167,6 +177,16 @@ class TrainConfig:
 
 
 @dataclass
+class ExtraEvalConfig:
+    """Another dataset evaluated alongside (transfer evaluation: Flickr30K 1K test for a COCO-trained model)."""
+
+    name: str = option("", "its metrics' prefix in the log, the trackers and the report (`flickr_rsum`)")
+    root: str = option("", "its data root (annotation and image paths are relative to it)")
+    annotation: str = option("{split}.json", "its split file pattern")
+    split: str = option("test", "the split evaluated")
+
+
+@dataclass
 class EvalConfig:
     splits: list[str] = option(["val", "test"], "splits evaluated every epoch (any size: ranking runs in chunks)")
     select_on: str = option("val", "the split that selects `checkpoint_best.pth`")
@@ -180,6 +200,8 @@ class EvalConfig:
                                                     "`null`: never")
     rank_chunk_size: int = option(1024, "queries ranked at a time (memory ~ this x candidates x 4 bytes); results "
                                         "do not depend on it")
+    extra: list[ExtraEvalConfig] = option([], "other datasets evaluated every epoch and by evaluation.py, each "
+                                              "`{name, root, annotation, split}`; selection stays on `select_on`")
 
 
 @dataclass
@@ -236,6 +258,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):  # an item of a list of sections (eval.extra)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping with keys {', '.join(_yaml_keys(tp))}, got {value!r}")
+        keys, hints = _yaml_keys(tp), typing.get_type_hints(tp)
+        source, _, label = where.rpartition(": key ")
+        _check_keys(value, keys, f"the item {label}", source)
+        return tp(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in value.items()})
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected bool (true/false), got {value!r}")
@@ -376,10 +405,24 @@ def _check_ranges(cfg: Config, source: str) -> None:
                 "eval.text_batch_size", "eval.fold_size", "eval.rank_chunk_size", "data.max_words",
                 "data.text_teacher_batch_size"):
         at_least(key, 1)
-    for key in ("model.pdm.scale_init", "model.pdm.temperature", "train.dist_timeout_minutes"):
+    for key in ("model.pdm.scale_init", "model.pdm.temperature", "train.dist_timeout_minutes",
+                "train.optimizer.head_lr_scale", "train.optimizer.pdm_lr_scale",
+                "train.optimizer.temperature_lr_scale"):
         at_least(key, 0, strict=True)
+    for key in ("model.lock_image_unlocked_groups", "model.lock_text_unlocked_layers"):
+        at_least(key, 0)
+    need(not (cfg.model.heads == "none" and cfg.model.pdm.enabled),
+         "model.heads: none uses CLIP's own embeddings, with no head to put PDM in front of; set "
+         "model.pdm.enabled: false (or model.heads: linear)")
     if cfg.train.grad_clip is not None:
         at_least("train.grad_clip", 0, strict=True)
+    names = [extra.name for extra in cfg.eval.extra]
+    for i, extra in enumerate(cfg.eval.extra):
+        need(extra.name.isidentifier() and extra.name not in cfg.eval.splits and names.count(extra.name) == 1,
+             f"eval.extra[{i}].name {extra.name!r} must be a name (letters, digits, _), unique, and not one of "
+             f"eval.splits {cfg.eval.splits}: it prefixes the dataset's metrics")
+        need(bool(extra.root), f"eval.extra[{i}].root: the dataset's data root is needed")
+        need("{split}" in extra.annotation, f"eval.extra[{i}].annotation '{extra.annotation}' must contain '{{split}}'")
     need(not cfg.eval.splits or cfg.eval.select_on in cfg.eval.splits,
          f"eval.select_on '{cfg.eval.select_on}' must be one of eval.splits {cfg.eval.splits}")
     from timm.optim import list_optimizers
@@ -485,7 +528,8 @@ def config_to_dict(cfg: Any) -> dict:
         elif dataclasses.is_dataclass(value):
             out[f.name] = config_to_dict(value)
         else:
-            out[f.name] = list(value) if isinstance(value, list) else value
+            out[f.name] = [config_to_dict(v) if dataclasses.is_dataclass(v) else v for v in value] \
+                if isinstance(value, list) else value
     return out
 
 

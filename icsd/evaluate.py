@@ -14,7 +14,7 @@ import torch
 from icsd.amp import autocast
 from icsd.config import Config
 from icsd.data.annotations import Split
-from icsd.data.build import load_data_split
+from icsd.data.build import load_eval_splits
 from icsd.data.datasets import EvalImages, EvalTexts
 from icsd.data.loaders import Loader
 from icsd.data.pixels import PixelTransform
@@ -73,7 +73,7 @@ def evaluate_split(model: ICSDModel, split: Split, pixels: PixelTransform, token
     metrics = recall_metrics(f_img, f_txt, txt2img, chunk)
     if split.num_images == cfg.eval.folds_when_images:
         prefix = "1k" if cfg.eval.fold_size == 1000 else f"fold{cfg.eval.fold_size}"
-        folds = fold_metrics(f_img, f_txt, txt2img, cfg.eval.fold_size, chunk)
+        folds = fold_metrics(f_img, f_txt, txt2img, cfg.eval.fold_size, chunk, split.file_order)
         metrics.update({f"{prefix}_{k}": v for k, v in folds.items()})
     return metrics
 
@@ -116,8 +116,9 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 def run_evaluation(cfg: Config, env: DistEnv, weights: Optional[dict], splits, source: str = "checkpoint"
                    ) -> dict[str, dict[str, float]]:
     """Evaluate the model with ``weights`` (a checkpoint's ``model`` state; None: the configured
-    pretrained weights) on ``splits``, print the table and return the metrics by split."""
-    eval_splits = {name: load_data_split(cfg.data, name) for name in splits}
+    pretrained weights) on ``splits`` and the config's ``eval.extra`` datasets, print the table and return the
+    metrics by split (an extra dataset's under its name)."""
+    eval_splits = load_eval_splits(cfg, list(splits))
     model, backbone = build_model_for(cfg, env, weights, source)
     results = Evaluator(eval_splits, backbone.pixels, backbone.tokenizer).evaluate(model, cfg, env)
     logger.info(format_table(results))

@@ -8,11 +8,14 @@ downloaded: the model is built with random init from the exported config, then l
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Optional
 
 from icsd.errors import CheckpointError, ICSDError
 from icsd.files import read_json, read_yaml
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from icsd.config import Config
@@ -89,8 +92,16 @@ def load_checkpoint_or_export(path: str, key: str = "checkpoint") -> dict:
                                   f"give a checkpoint file (.pth) or a folder written by python -m icsd.export")
         return read_export(path)
     from icsd.checkpoint import load_checkpoint
+    from icsd.models.reference import convert, is_reference_layout
 
-    return load_checkpoint(path, key)
+    state = load_checkpoint(path, key)
+    if not is_reference_layout(state):
+        return state
+    reference = convert(state, path)
+    if reference.unplaced:
+        raise CheckpointError(f"{path} (a released ICSD/CUSA checkpoint) has keys with no place in this model: "
+                              f"{', '.join(reference.unplaced)}")
+    return {"model": reference.weights, "config": None, "reference": reference, "epoch": state.get("epoch")}
 
 
 def config_for_weights(state: dict, path: str, config: Optional[str], opts) -> Config:
@@ -98,11 +109,41 @@ def config_for_weights(state: dict, path: str, config: Optional[str], opts) -> C
     saved with them; ``opts`` (``key=value``) override either."""
     from icsd.config import apply_overrides, config_from_dict, load_config
 
+    if state.get("reference") is not None:
+        if config is None:
+            raise ICSDError(f"{path} is a checkpoint released by the ICSD or CUSA authors: its config holds their "
+                            f"machine's paths. Give --config for the data and evaluation settings (e.g. "
+                            f"configs/vitb32/coco/icsd.yaml, or cusa.yaml for a CUSA checkpoint)")
+        return fit_to_reference(load_config(config, list(opts)), state["reference"], path)
     if config is not None:
         return load_config(config, list(opts))
     if state.get("config") is not None:
         return config_from_dict(apply_overrides(state["config"], list(opts)), f"config saved in {path}")
     raise ICSDError(f"{path} holds no config: pass --config")
+
+
+def fit_to_reference(cfg: Config, reference, path: str) -> Config:
+    """The architecture and PDM come from a released checkpoint, the rest from ``cfg``; every disagreement with
+    ``cfg`` is named in a line, and a loss-term layout that cannot fit (CUSA's heads) is an error."""
+    import dataclasses
+
+    model = cfg.model
+    if reference.clip is not None and reference.clip != model.clip:
+        logger.warning(f"{path}: its architecture {reference.clip} replaces model.clip {model.clip}")
+        model = dataclasses.replace(model, clip=reference.clip)
+    if reference.pdm != model.pdm.enabled:
+        logger.warning(f"{path}: PDM is {'on' if reference.pdm else 'off'} in it: model.pdm.enabled "
+                       f"{model.pdm.enabled} replaced")
+        model = dataclasses.replace(model, pdm=dataclasses.replace(model.pdm, enabled=reference.pdm))
+    if model.heads != "linear":
+        logger.warning(f"{path}: it has cross-modal heads: model.heads {model.heads} replaced by linear")
+        model = dataclasses.replace(model, heads="linear")
+    uni = "uni_modal" in cfg.loss.terms and cfg.loss.uni_modal.weight > 0
+    if reference.uni_modal != uni:
+        has, use = ("has", "with") if reference.uni_modal else ("has no", "without")
+        raise CheckpointError(f"{path} {has} CUSA's uni-modal heads: use a config {use} loss.uni_modal "
+                              f"(configs/vitb32/coco/cusa.yaml is one with it)")
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, pretrained=None))
 
 
 def load_pretrained(folder: str, device: Optional[str] = "cpu"):

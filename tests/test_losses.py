@@ -143,7 +143,7 @@ def ref_soft(L: list, Fm: list, tau_s: float, tau_t: float, kind: str = "kl", mo
 
 
 def ref_icsd(out: dict, ids: list, loss_raw: dict, ext_img=None, ext_txt=None) -> dict:
-    """The total loss from the formulas (docs/method.md), as floats. ``loss_raw`` is the raw ``loss:`` config mapping."""
+    """The total loss from the formulas (docs/method.md), as floats; ``loss_raw``: the raw ``loss:`` mapping."""
     c = {"weight": 1.0, "mode": "mean", **loss_raw.get("contrastive", {})}
     s = {"weight": 0.15, "kind": "kl", "mode": "mean", "alpha": 0.3, **loss_raw.get("soft_label", {})}
     f, g = to_list(out["f_img"]), to_list(out["f_txt"])
@@ -550,3 +550,98 @@ def test_external_teacher_features_never_get_gradient(alpha):
     for ext in (ext_img, ext_txt):
         assert ext.grad is None or float(ext.grad.abs().max()) == 0.0
     assert val(out["f_img"].grad.abs().max()) > 0  # backward did run
+
+
+# ----------------------------------------------------------------------------------------------------
+# CUSA's uni-modal soft-label alignment
+# ----------------------------------------------------------------------------------------------------
+def ref_layernorm_linear(x: list, gamma: list, beta: list, W: list, b: list, eps: float = 1e-5) -> list:
+    """``Linear(LayerNorm(x))`` of one row, in loops."""
+    n = len(x)
+    mean = sum(x) / n
+    var = sum((v - mean) ** 2 for v in x) / n
+    z = [(x[d] - mean) / math.sqrt(var + eps) * gamma[d] + beta[d] for d in range(n)]
+    return [sum(W[o][d] * z[d] for d in range(n)) + b[o] for o in range(len(W))]
+
+
+def ref_uni(x_img, x_txt, ext_img, ext_txt, heads: dict, temps: dict, weight: float) -> dict:
+    """loss_uni = w * (KL_rows(softmax(S_ext^I/tau_t) || softmax(S_ii/tau_u_img)) + the same for texts) / 2."""
+    res = {}
+    for key, X, E, head, tau in (("uni_img", x_img, ext_img, "uni_image", "tau_u_img"),
+                                 ("uni_txt", x_txt, ext_txt, "uni_text", "tau_u_txt")):
+        ln, lin = heads[head][0], heads[head][1]
+        U = [ref_layernorm_linear(row, to_list(ln.weight), to_list(ln.bias), to_list(lin.weight), to_list(lin.bias))
+             for row in to_list(X)]
+        U = [[v / math.sqrt(sum(w * w for w in u)) for v in u] for u in U]
+        res[key] = ref_soft(ref_matmul_t(U, U), ref_cos(to_list(E)), temps[tau], temps["tau_t"], "kl")
+    res["loss_uni"] = weight * (res["uni_img"] + res["uni_txt"]) / 2
+    return res
+
+
+class UniParameters:
+    def __init__(self, heads: dict, temps: dict):
+        self.heads, self.temps = heads, temps
+
+    def temperature(self, name):
+        return self.temps[name]
+
+    def head(self, name):
+        return self.heads[name]
+
+
+def uni_setup(seed: int, requires_grad: bool = False):
+    from icsd.losses.uni_modal import UniModal
+
+    cfg = loss_cfg({"soft_label": {"alpha": 0.0, "weight": 0.1}, "uni_modal": {"weight": 0.5}})
+    criterion = Criterion(cfg)
+    (term,) = [t for t in criterion.active if isinstance(t, UniModal)]
+    torch.manual_seed(seed)
+    heads = {k: h.double() for k, h in term.heads(D_INT, 0.3).items()}
+    for h in heads.values():  # LayerNorm affine away from (1, 0), so the reference tests it
+        torch.nn.init.normal_(h[0].weight, 1.0, 0.2)
+        torch.nn.init.normal_(h[0].bias, 0.0, 0.2)
+    temps = {k: torch.tensor(v, dtype=torch.float64, requires_grad=requires_grad)
+             for k, v in (("tau_u_img", 0.35), ("tau_u_txt", 0.6), ("tau_t", 0.9))}
+    return cfg, term, heads, temps
+
+
+def test_uni_modal_term_matches_reference():
+    cfg, term, heads, temps = uni_setup(31)
+    out = make_out(seed=32, dtype=torch.float64)
+    ext_img, ext_txt = make_ext(seed=33, dtype=torch.float64)
+    got = term(out, {"ext_img": ext_img, "ext_txt": ext_txt}, UniParameters(heads, temps))
+    expected = ref_uni(out["x_img"], out["x_txt"], ext_img, ext_txt, heads, {k: val(v) for k, v in temps.items()}, 0.5)
+    for key in ("uni_img", "uni_txt"):
+        assert close(got[key], expected[key], rtol=RTOL32), key  # the teachers' similarities are float32
+    assert close(0.5 * got["loss"], expected["loss_uni"], rtol=RTOL32)
+    assert set(Criterion(cfg).temperatures()) == {"tau", "tau_s", "tau_t", "tau_u_img", "tau_u_txt"}
+
+
+def test_uni_modal_gradients_match_finite_differences():
+    """For the internal features, the term's own temperatures, the shared teacher temperature and its heads."""
+    cfg, term, heads, temps = uni_setup(34, requires_grad=True)
+    out = make_out(seed=35, dtype=torch.float64, requires_grad=True)
+    ext_img, ext_txt = make_ext(seed=36, dtype=torch.float64)
+    term(out, {"ext_img": ext_img, "ext_txt": ext_txt}, UniParameters(heads, temps))["loss"].backward()
+
+    def reference_loss() -> float:
+        r = ref_uni(out["x_img"], out["x_txt"], ext_img, ext_txt, heads, {k: val(v) for k, v in temps.items()}, 1.0)
+        return 2 * r["loss_uni"] / 2  # the term's unweighted loss: (uni_img + uni_txt) / 2
+
+    h = 1e-6
+    checks = [("x_img", out["x_img"]), ("tau_u_img", temps["tau_u_img"]), ("tau_u_txt", temps["tau_u_txt"]),
+              ("tau_t", temps["tau_t"]), ("uni_image.1.weight", heads["uni_image"][1].weight),
+              ("uni_text.0.weight", heads["uni_text"][0].weight)]
+    for name, tensor in checks:
+        grad = tensor.grad.reshape(-1)
+        flat = tensor.data.reshape(-1)
+        for n in range(0, flat.numel(), max(1, flat.numel() // 6)):  # a spread of entries of each
+            keep = float(flat[n])
+            flat[n] = keep + h
+            plus = reference_loss()
+            flat[n] = keep - h
+            minus = reference_loss()
+            flat[n] = keep
+            numerical = (plus - minus) / (2 * h)
+            assert abs(float(grad[n]) - numerical) <= 1e-6 + 1e-4 * abs(numerical), (name, n, float(grad[n]), numerical)
+    assert ext_img.grad is None

@@ -306,3 +306,30 @@ def test_chunked_fold_metrics_equal_brute_force_folds():
 def test_image_without_caption_is_an_error():
     with pytest.raises(ValueError, match="every image needs at least one caption"):
         retrieval_ranks(torch.ones(3, 2), torch.ones(2, 2), torch.tensor([0, 2]), chunk_size=2)
+
+
+def test_folds_follow_the_split_files_order(tmp_path):
+    """COCO 1K: the folds are consecutive images in the split file's order of first appearance (Karpathy's),
+    while the images are encoded sorted by image_id: a file whose order differs from the sorted one gives the
+    folds of the file's consecutive images."""
+    import json
+
+    from icsd.data.annotations import load_split
+
+    file_ids = ["a", "d", "b", "e", "c", "f"]  # sorted: a b c d e f; folds of 3: {a, d, b}, {e, c, f}
+    records = [{"image_path": f"{i}.jpg", "caption": f"caption {k} of {i}", "image_id": i}
+               for i in file_ids for k in range(2)]
+    (tmp_path / "test.json").write_text(json.dumps(records))
+    split = load_split("test", str(tmp_path / "test.json"), str(tmp_path), check_images=False)
+    assert split.image_ids == sorted(file_ids) and split.file_order.tolist() == [0, 3, 1, 4, 2, 5]
+    sim, _ = make_problem(11, n_img=6, integer=False)
+    txt2img = split.txt2img.tolist()
+    sim = [[sim[i][t % len(sim[0])] for t in range(len(txt2img))] for i in range(6)]
+    got = run(sim, txt2img, fold_metrics, fold_size=3, image_order=split.file_order)
+    folds = []
+    for fold in ([0, 3, 1], [4, 2, 5]):  # the file's consecutive images, as rows of the sorted encoding
+        texts = [t for t in range(len(txt2img)) if txt2img[t] in fold]
+        folds.append(brute_force([[sim[i][t] for t in texts] for i in fold], [fold.index(txt2img[t]) for t in texts]))
+    expected = {k: sum(f[k] for f in folds) / 2 for k in KEYS}
+    assert_metrics_equal(got, expected)
+    assert got != run(sim, txt2img, fold_metrics, fold_size=3)  # the sorted folds are other sets of images

@@ -143,8 +143,14 @@ def test_paper_config_takes_one_optimizer_step(name, steps):
     assert all(result["moved"].values()), [n for n, m in result["moved"].items() if not m]
     assert (float(result["terms"]["loss_soft"]) > 0) == (cfg.loss.soft_label.weight > 0)
     assert ("image_head.0.log_scale" in result["moved"]) == cfg.model.pdm.enabled  # PDM scale vs LayerNorm
+    assert (float(result["terms"].get("loss_uni", 0)) > 0) == ("uni_modal" in cfg.loss.terms)  # CUSA's term
+    assert ("loss_heads.uni_image.1.weight" in result["moved"]) == ("uni_modal" in cfg.loss.terms)
+    assert ("image_head.1.weight" in result["moved"]) == (cfg.model.heads == "linear")  # none: CLIP's own
 
 
 def test_every_paper_config_is_covered():
-    assert {"vitb32/coco/icsd.yaml", "vitb32/flickr/contrastive.yaml", "vitl14_336/coco/icsd.yaml",
-            "vitl14_336/flickr/icsd.yaml"} <= set(PAPER_CONFIGS) and len(PAPER_CONFIGS) == 10
+    ladder = ("contrastive", "soft_external", "isf", "icsd", "cusa", "clip_finetune", "clip_finetune_soft")
+    expected = {f"vitb32/{data}/{name}.yaml" for data in ("coco", "flickr") for name in ladder} | {
+        f"vitl14_336/{data}/{name}.yaml" for data in ("coco", "flickr")
+        for name in ("icsd", "cusa", "clip_finetune", "clip_finetune_soft")}
+    assert set(PAPER_CONFIGS) == expected

@@ -79,7 +79,7 @@ def test_table_equals_the_logs_and_the_eval_json(runs, capsys):
     assert report.main([os.path.join(runs["root"], "*_seed*"), "--json", "--baseline", "contrastive"]) == 0
     data = {r["name"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
     assert data["icsd"]["test"]["rsum"] == {"mean": rsum.mean, "std": rsum.std, "n": 2}
-    assert data["icsd"]["anchor"] is None  # the tiny model on dataset_example has no published anchor
+    assert data["icsd"]["anchors"] == []  # the tiny model on dataset_example has no published anchor
 
 
 def test_eval_json_wins_over_the_log(runs, tmp_path):
@@ -136,16 +136,24 @@ def write_run(folder, clip, root, log):
         f.writelines(json.dumps(r) + "\n" for r in log)
 
 
-def test_anchors_beside_runs_of_the_same_backbone_and_data(tmp_path):
+def test_anchors_beside_runs_of_the_same_method_backbone_and_data(tmp_path):
+    """Each ladder row shows the published numbers of its method (its config's name) with the same backbone and
+    test split; the notes give each one's setting; rows without one (ICSD itself, another backbone) show none."""
     log = [{"epoch": 1, "val_r_mean": 50.0, "test_rsum": 400.0, "best_epoch": 1}]
+    write_run(str(tmp_path / "coco" / "contrastive_seed1"), "ViT-B-32-quickgelu", "datasets/coco", log)
+    write_run(str(tmp_path / "flickr" / "cusa_seed1"), "ViT-L-14-336-quickgelu", "datasets/f30k_flickr", log)
+    write_run(str(tmp_path / "coco" / "clip_finetune_seed1"), "ViT-B-32-quickgelu", "datasets/coco", log)
     write_run(str(tmp_path / "coco" / "icsd_seed1"), "ViT-B-32-quickgelu", "datasets/coco", log)
-    write_run(str(tmp_path / "flickr" / "icsd_seed1"), "ViT-L-14-336-quickgelu", "datasets/f30k_flickr", log)
-    write_run(str(tmp_path / "other" / "icsd_seed1"), "RN50", "datasets/coco", log)
+    write_run(str(tmp_path / "other" / "contrastive_seed1"), "RN50", "datasets/coco", log)
     rows = {r.name: r for r in report.build_rows(load_runs([str(tmp_path / "*" / "*")]))}
-    assert rows["coco/icsd"].anchor == ("ViT-B/32", "COCO 5K test", 422.6, 429.7)
-    assert rows["flickr/icsd"].anchor == ("ViT-L/14@336", "Flickr30K 1K test", 554.5, 560.2)
-    assert rows["other/icsd"].anchor is None
-    assert "422.6 / 429.7 (ViT-B/32, COCO 5K test)" in report.to_markdown(list(rows.values()))
+    rsums = {name: [a.rsum for a in row.anchors] for name, row in rows.items()}
+    assert rsums == {"coco/contrastive": [422.6], "flickr/cusa": [560.2], "coco/clip_finetune": [444.9, 436.9, 454.1,
+                                                                                                   455.4],
+                     "coco/icsd": [], "other/contrastive": []}
+    text = report.to_markdown(list(rows.values()))  # rows in folder order: clip_finetune's anchors are [1]..[4]
+    assert "| 444.9 [1], 436.9 [2], 454.1 [3], 455.4 [4] |" in text and "| 422.6 [5] |" in text
+    assert "[1] plain fine-tune (CLIP_ITM): RSUM 444.9, ViT-B/32, COCO 5K test; OpenAI CLIP, CLIP's own projections, " \
+           "lr 1e-5, batch 256, 5 epochs" in text
 
 
 def test_user_errors_are_one_line(tmp_path, runs, capsys):

@@ -19,7 +19,8 @@ REQUIRED_FIELDS = ("image_path", "caption", "image_id")
 
 @dataclass(frozen=True)
 class Split:
-    """A split with its captions in record order and its images sorted by image_id.
+    """A split with its captions in record order and its images sorted by image_id (the encoding order: PDM
+    depends on the batch, and the reference encodes sorted).
 
     ``captions[t]`` is the preprocessed caption of record ``t``; ``txt2img[t]`` is the index of its image
     in ``image_ids``/``image_paths``; ``img2txt[i]`` lists the records of image ``i`` in record order.
@@ -32,6 +33,7 @@ class Split:
     image_paths: list[str]
     txt2img: np.ndarray  # [num_captions] int64
     img2txt: list[np.ndarray]
+    file_order: np.ndarray  # image indices in the order they first appear in the annotation file (Karpathy's)
 
     @property
     def num_images(self) -> int:
@@ -91,4 +93,5 @@ def load_split(name: str, path: str, root: str, max_words: int = 64, check_image
     order = np.argsort(txt2img, kind="stable")
     bounds = np.searchsorted(txt2img[order], np.arange(len(image_ids) + 1))
     img2txt = [order[bounds[i]:bounds[i + 1]] for i in range(len(image_ids))]
-    return Split(name, path, captions, image_ids, image_paths, txt2img, img2txt)
+    file_order = np.fromiter((position[i] for i in dict.fromkeys(record_ids)), dtype=np.int64, count=len(image_ids))
+    return Split(name, path, captions, image_ids, image_paths, txt2img, img2txt, file_order)

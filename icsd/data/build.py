@@ -5,6 +5,7 @@ before the model is built, not hours into training.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -29,6 +30,22 @@ def load_data_split(data: DataConfig, split: str) -> Split:
     if not os.path.isdir(data.root):
         raise DataError(f"data.root not found: {data.root} (see datasets/README.md to prepare a dataset)")
     return load_split(split, data_path(data, data.annotation, split), data.root, data.max_words)
+
+
+def load_eval_splits(cfg: Config, names: list[str], known: Optional[dict[str, Split]] = None) -> dict[str, Split]:
+    """The splits ``names`` of the data root, then every ``eval.extra`` dataset under its name (transfer
+    evaluation); ``known`` splits are reused (the training split)."""
+    known = known or {}
+    splits = {n: known[n] if n in known else load_data_split(cfg.data, n) for n in names}
+    for extra in cfg.eval.extra:
+        if os.path.exists(extra.root) and not os.path.isdir(extra.root):
+            raise DataError(f"eval.extra {extra.name}: root {extra.root} is a file, not a folder")
+        if not os.path.isdir(extra.root):
+            raise DataError(f"eval.extra {extra.name}: root not found: {extra.root}")
+        path = os.path.join(extra.root, extra.annotation.format(split=extra.split))
+        split = load_split(extra.split, path, extra.root, cfg.data.max_words)
+        splits[extra.name] = dataclasses.replace(split, name=extra.name)
+    return splits
 
 
 def training_split(data: DataConfig, split: Split) -> Split:

@@ -17,6 +17,8 @@ class ContrastiveConfig:
                                                   "divided by the batch size")
     temperature: TemperatureConfig = temperature(("tau", "tau_min", "tau_max", "learn_tau"), 0.05, 0.01, 0.10, True,
                                                  "contrastive temperature `tau`, clamped after every step")
+    tau_from_model: bool = option(False, "start `tau` at the pretrained model's own `1 / exp(logit_scale)` "
+                                         "(within its clamp; OpenAI CLIP: 0.01) instead of `tau`")
 
 
 class Contrastive(LossTerm):

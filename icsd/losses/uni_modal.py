@@ -61,9 +61,11 @@ class UniModal(LossTerm):
 
     def __call__(self, out, batch, params):
         tau_t, values = params.temperature("tau_t"), {}
-        for key, x, ext, head, tau in (("uni_img", out["x_img"], batch["ext_img"], "uni_image", "tau_u_img"),
+        for key, x, ext, name, tau in (("uni_img", out["x_img"], batch["ext_img"], "uni_image", "tau_u_img"),
                                        ("uni_txt", out["x_txt"], batch["ext_txt"], "uni_text", "tau_u_txt")):
-            u = F.normalize(params.head(head)(x.float()), dim=-1)
+            head = params.head(name)
+            # in the head's precision (float32), whatever the encoders' under autocast
+            u = F.normalize(head(x.to(next(head.parameters()).dtype)), dim=-1)
             target = cosine_similarity_matrix(ext.detach())
             if self.cfg.targets == "fused":
                 target = fuse_similarities(cosine_similarity_matrix(x), target, self.cfg.alpha)

@@ -18,7 +18,7 @@ OPEN_CLIP_LOSS_PARAMETERS = ("logit_scale", "logit_bias")
 
 
 class ICSDModel(nn.Module):
-    """open_clip backbone -> internal features ``x`` -> head (PDM -> Linear) -> L2-normalised ``f``/``g``."""
+    """open_clip backbone -> internal features ``x`` -> head (PDM -> Linear, or none) -> L2-normalised ``f``/``g``."""
 
     def __init__(self, clip: nn.Module, embed_dim: int, cfg: Config):
         super().__init__()
@@ -26,12 +26,27 @@ class ICSDModel(nn.Module):
         for name, param in clip.named_parameters():
             if name in OPEN_CLIP_LOSS_PARAMETERS:
                 param.requires_grad_(False)
-        self.image_head = build_head(embed_dim, cfg.model.pdm, cfg.model.head_init_std)
-        self.text_head = build_head(embed_dim, cfg.model.pdm, cfg.model.head_init_std)
+        m = cfg.model
+        self.image_head = build_head(embed_dim, m.pdm, m.head_init_std, m.heads)
+        self.text_head = build_head(embed_dim, m.pdm, m.head_init_std, m.heads)
         # The loss terms' parameters (icsd.losses): created for the terms that are on, found by name.
         criterion = Criterion(cfg.loss)
         self.temperatures = Temperatures(criterion.temperatures())
         self.loss_heads = nn.ModuleDict(criterion.heads(embed_dim, cfg.model.head_init_std))
+        if "tau" in self.temperatures and cfg.loss.contrastive.tau_from_model:
+            self._tau_from_logit_scale(clip)
+        if m.lock_image:
+            clip.lock_image_tower(unlocked_groups=m.lock_image_unlocked_groups)
+        if m.lock_text:
+            clip.lock_text_tower(unlocked_layers=m.lock_text_unlocked_layers)
+
+    @torch.no_grad()
+    def _tau_from_logit_scale(self, clip: nn.Module) -> None:
+        """The contrastive temperature starts at the backbone's own: 1 / exp(logit_scale), within its clamp
+        (OpenAI CLIP's scale is 100: tau = 0.01, the lower clamp, as open_clip clamps the scale at 100)."""
+        tau = self.temperatures["tau"]
+        tau.value.fill_(float(1.0 / clip.logit_scale.float().exp()))
+        tau.clamp_()
 
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(internal feature ``x_img``, normalised head output ``f``) for a batch of images."""

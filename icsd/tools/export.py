@@ -16,10 +16,10 @@ import logging
 import os
 from typing import Optional
 
-from icsd.checkpoint import load_checkpoint
+from icsd.config import config_to_dict
 from icsd.errors import CheckpointError, ICSDError
 from icsd.files import require_creatable_folder, write_atomic, write_json, write_yaml
-from icsd.pretrained import CONFIG, FORMAT, FORMAT_VERSION, INFO, WEIGHTS
+from icsd.pretrained import CONFIG, FORMAT, FORMAT_VERSION, INFO, WEIGHTS, config_for_weights, load_checkpoint_or_export
 from icsd.runs import LOG, read_log
 from icsd.tools.command import run_command
 
@@ -43,15 +43,24 @@ def logged_metrics(checkpoint: str, epoch: Optional[int]) -> dict:
     return {k: v for k, v in record.items() if k.startswith(METRIC_PREFIXES)}
 
 
-def export_checkpoint(checkpoint: str, out_dir: str, force: bool = False) -> dict:
+def exported_config(state: dict, checkpoint: str, config: Optional[str]) -> dict:
+    """The config saved with the checkpoint; a released ICSD/CUSA checkpoint's comes from ``config``, fitted to
+    it (its architecture and PDM)."""
+    if state.get("reference") is not None or config is not None:
+        return config_to_dict(config_for_weights(state, checkpoint, config, []))
+    if state.get("config") is None:
+        raise CheckpointError(f"{checkpoint} holds no config: it cannot be exported")
+    return copy.deepcopy(state["config"])
+
+
+def export_checkpoint(checkpoint: str, out_dir: str, force: bool = False, config: Optional[str] = None) -> dict:
     """Write the export folder; returns its ``export.json`` content. ``export.json`` is written last, so a
     folder without it is an interrupted export (``load_pretrained`` says so)."""
     from safetensors.torch import save
 
     require_creatable_folder(out_dir, "OUT_DIR")
-    state = load_checkpoint(checkpoint, "CKPT")
-    if state.get("config") is None:
-        raise CheckpointError(f"{checkpoint} holds no config: it cannot be exported")
+    state = load_checkpoint_or_export(checkpoint, "CKPT")
+    exported = exported_config(state, checkpoint, config)
     if os.path.exists(os.path.join(out_dir, WEIGHTS)) and not force:
         raise ICSDError(f"{out_dir} already holds an export ({WEIGHTS}); pass --force to replace it")
     os.makedirs(out_dir, exist_ok=True)
@@ -59,13 +68,12 @@ def export_checkpoint(checkpoint: str, out_dir: str, force: bool = False) -> dic
     if os.path.exists(info_path):
         os.remove(info_path)  # the folder is incomplete until the new record is written
 
-    config = copy.deepcopy(state["config"])
-    original_pretrained = config.get("model", {}).get("pretrained")
-    config.setdefault("model", {})["pretrained"] = None
+    original_pretrained = (state.get("config") or exported).get("model", {}).get("pretrained")
+    exported.setdefault("model", {})["pretrained"] = None
     weights = plain_tensors(state["model"])
     weights_path = os.path.join(out_dir, WEIGHTS)
     write_atomic(weights_path, lambda f: f.write(save(weights, metadata={"format": "pt"})), "exported weights")
-    write_yaml(os.path.join(out_dir, CONFIG), config, "exported config")
+    write_yaml(os.path.join(out_dir, CONFIG), exported, "exported config")
     info = {"format": FORMAT, "format_version": FORMAT_VERSION, "source_checkpoint": os.path.abspath(checkpoint),
             "epoch": state.get("epoch"), "best": state.get("best"), "trained_from": original_pretrained,
             "num_tensors": len(weights), "num_parameters": sum(t.numel() for t in weights.values()),
@@ -86,9 +94,12 @@ def megabytes(n: int) -> str:
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m icsd.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", metavar="CKPT", help="an ICSD checkpoint (.pth)")
+    parser.add_argument("checkpoint", metavar="CKPT", help="an ICSD checkpoint (.pth), or one the ICSD or CUSA authors "
+                                                           "released (then --config is needed)")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the export folder (created)")
     parser.add_argument("--force", action="store_true", help="replace an existing export in OUT_DIR")
+    parser.add_argument("--config", default=None, help="the config to export with the weights (default: the "
+                                                       "checkpoint's own; needed for a released ICSD/CUSA checkpoint)")
     return parser.parse_args(argv)
 
 
@@ -96,7 +107,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        info = export_checkpoint(args.checkpoint, args.out_dir, args.force)
+        info = export_checkpoint(args.checkpoint, args.out_dir, args.force, args.config)
         ckpt, out = os.path.getsize(args.checkpoint), folder_bytes(args.out_dir)
         logger.info(f"checkpoint {args.checkpoint}: {megabytes(ckpt)}")
         logger.info(f"export     {args.out_dir}: {megabytes(out)} ({WEIGHTS} {megabytes(info['weights_bytes'])}, "

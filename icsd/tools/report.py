@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -34,10 +35,43 @@ VAL_COLUMNS = ("r_mean", "rsum")
 HEADERS = {"txt_r1": "i2t R@1", "txt_r5": "i2t R@5", "txt_r10": "i2t R@10", "img_r1": "t2i R@1",
            "img_r5": "t2i R@5", "img_r10": "t2i R@10", "r_mean": "r_mean", "rsum": "RSUM"}
 
-# The published anchors (OpenAI CLIP weights, RSUM): (backbone, data) -> (contrastive fine-tune, CUSA).
-ANCHORS = {("ViT-B/32", "COCO 5K test"): (422.6, 429.7), ("ViT-B/32", "Flickr30K 1K test"): (520.0, 526.3),
-           ("ViT-L/14@336", "COCO 5K test"): (469.6, 473.1),
-           ("ViT-L/14@336", "Flickr30K 1K test"): (554.5, 560.2)}
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A published number a row is compared with: its method's name in the config ladder, the paper's name for
+    it, backbone, test split, RSUM, and the setting it was obtained in (docs/results.md lists the sources)."""
+
+    config: str  # the ladder's config name (the run folder without _seed: contrastive, cusa, clip_finetune)
+    name: str
+    backbone: str
+    data: str
+    rsum: float
+    setting: str
+
+
+COCO, FLICKR = "COCO 5K test", "Flickr30K 1K test"
+_BASELINE = "OpenAI CLIP + random LayerNorm->Linear heads, contrastive only, AdamW 1e-5, 30 (COCO) / 50 (Flickr) epochs"
+_CUSA = "OpenAI CLIP, CUSA's released settings: batch 128 (B/32) / 16 (L/14) x 4 GPUs, 30 (COCO) / 40 (Flickr) epochs"
+_FINETUNE = "OpenAI CLIP, CLIP's own projections, lr 1e-5, batch 256, 5 epochs"
+ANCHORS = (
+    Anchor("contrastive", "contrastive fine-tune (ICSD, CUSA papers)", "ViT-B/32", COCO, 422.6, _BASELINE),
+    Anchor("contrastive", "contrastive fine-tune (ICSD, CUSA papers)", "ViT-B/32", FLICKR, 520.0, _BASELINE),
+    Anchor("contrastive", "contrastive fine-tune (ICSD, CUSA papers)", "ViT-L/14@336", COCO, 469.6, _BASELINE),
+    Anchor("contrastive", "contrastive fine-tune (ICSD, CUSA papers)", "ViT-L/14@336", FLICKR, 554.5, _BASELINE),
+    Anchor("cusa", "CUSA (AAAI'24)", "ViT-B/32", COCO, 429.7, _CUSA),
+    Anchor("cusa", "CUSA (AAAI'24)", "ViT-B/32", FLICKR, 526.3, _CUSA),
+    Anchor("cusa", "CUSA (AAAI'24)", "ViT-L/14@336", COCO, 473.1, _CUSA),
+    Anchor("cusa", "CUSA (AAAI'24)", "ViT-L/14@336", FLICKR, 560.2, _CUSA),
+    Anchor("clip_finetune", "plain fine-tune (CLIP_ITM)", "ViT-B/32", COCO, 444.9, _FINETUNE),
+    Anchor("clip_finetune", "NPC's plain CLIP fine-tune (AAAI'24)", "ViT-B/32", COCO, 436.9,
+           "OpenAI CLIP, CLIP's own projections, NPC's recipe"),
+    Anchor("clip_finetune", "NPC's plain CLIP fine-tune (AAAI'24)", "ViT-B/32", FLICKR, 544.2,
+           "OpenAI CLIP, CLIP's own projections, NPC's recipe"),
+    Anchor("clip_finetune", "NPC (AAAI'24)", "ViT-B/32", COCO, 454.1, "OpenAI CLIP, NPC's negative-aware recipe"),
+    Anchor("clip_finetune", "NPC (AAAI'24)", "ViT-B/32", FLICKR, 551.3, "OpenAI CLIP, NPC's negative-aware recipe"),
+    Anchor("clip_finetune", "OSA (2024)", "ViT-B/32", COCO, 455.4, "OpenAI CLIP, OSA's recipe"),
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +100,8 @@ class Row:
     test: dict[str, Stat]
     backbone: str  # model.clip as configured (deltas pair rows of the same backbone and data)
     data: str  # data.root as configured
-    anchor: Optional[tuple[str, str, float, float]]  # (backbone, data, contrastive RSUM, CUSA RSUM)
+    anchors: tuple[Anchor, ...]  # the published numbers of this row's method, backbone and data
+    extra: dict[str, dict[str, Stat]] = field(default_factory=dict)  # transfer datasets (eval.extra) by name
     delta: dict[str, float] = field(default_factory=dict)
     baseline: Optional[str] = None
 
@@ -82,16 +117,16 @@ class Row:
         return f"{self.name} seed {run.seed} (unfinished, epoch {run.last_epoch}/{run.epochs})"
 
 
-def anchor_for(config: dict, run_path: str) -> Optional[tuple[str, str, float, float]]:
-    """The published anchor of the run's backbone (from ``model.clip``) and data (``data.root`` or the run
-    path naming coco or flickr); None for anything else (the example's tiny model)."""
+def anchors_for(config: dict, group: str) -> tuple[Anchor, ...]:
+    """The published anchors of the row's method (its config's name: the run folder's last component without
+    ``_seed``), backbone (from ``model.clip``) and data (``data.root`` or the run path naming coco or flickr);
+    none for anything else (the example's tiny model, ICSD itself)."""
     clip = str(config.get("model", {}).get("clip", ""))
     backbone = "ViT-L/14@336" if "ViT-L-14-336" in clip else "ViT-B/32" if "ViT-B-32" in clip else None
-    where = f"{config.get('data', {}).get('root', '')} {run_path}".lower()
-    data = "COCO 5K test" if "coco" in where else "Flickr30K 1K test" if "flickr" in where else None
-    if (backbone, data) not in ANCHORS:
-        return None
-    return (backbone, data, *ANCHORS[(backbone, data)])
+    where = f"{config.get('data', {}).get('root', '')} {group}".lower()
+    data = COCO if "coco" in where else FLICKR if "flickr" in where else None
+    method = group.replace("\\", "/").rsplit("/", 1)[-1]
+    return tuple(a for a in ANCHORS if (a.config, a.backbone, a.data) == (method, backbone, data))
 
 
 def ordered_metrics(keys: set[str]) -> list[str]:
@@ -118,10 +153,13 @@ def build_rows(runs: list[Run], val_split: str = "val", test_split: str = "test"
         parts = ([(True, finished)] if finished else []) + [(False, [r]) for r in members if not r.finished]
         for done, part in parts:
             config = part[0].config
+            extra = {e["name"]: aggregate(part, e["name"]) for e in config.get("eval", {}).get("extra", [])
+                     if isinstance(e, dict) and "name" in e}
             rows.append(Row(name=names[group], group=group, finished=done, runs=part,
                             val=aggregate(part, val_split), test=aggregate(part, test_split),
                             backbone=str(config.get("model", {}).get("clip")),
-                            data=str(config.get("data", {}).get("root")), anchor=anchor_for(config, group)))
+                            data=str(config.get("data", {}).get("root")), anchors=anchors_for(config, group),
+                            extra={k: v for k, v in extra.items() if v}))
     if baseline is not None:
         add_deltas(rows, baseline)
     return rows
@@ -170,20 +208,22 @@ def header(metric: str) -> str:
 def to_markdown(rows: list[Row], val_split: str = "val", test_split: str = "test") -> str:
     columns = metric_columns(rows)
     with_delta = any(r.baseline for r in rows)
-    with_anchor = any(r.anchor for r in rows)
+    shown = list(dict.fromkeys(a for r in rows for a in r.anchors))  # numbered in the notes
+    extras = list(dict.fromkeys(name for r in rows for name in r.extra))
     head = (["run", "seeds", "best epoch"] + [f"{val_split} {header(m)}" for m in VAL_COLUMNS]
-            + [f"{test_split} {header(m)}" for m in columns] + (["Δ RSUM", "Δ r_mean"] if with_delta else [])
-            + (["published RSUM (contrastive / CUSA)"] if with_anchor else []))
+            + [f"{test_split} {header(m)}" for m in columns]
+            + [f"{name} {header(m)}" for name in extras for m in VAL_COLUMNS]
+            + (["Δ RSUM", "Δ r_mean"] if with_delta else []) + (["published RSUM"] if shown else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.label, f"{', '.join(str(s) for s in row.seeds)} (n={len(row.runs)})",
                  ", ".join("—" if r.best_epoch is None else str(r.best_epoch) for r in row.runs)]
         cells += [fmt_stat(row.val.get(m)) for m in VAL_COLUMNS] + [fmt_stat(row.test.get(m)) for m in columns]
+        cells += [fmt_stat(row.extra.get(name, {}).get(m)) for name in extras for m in VAL_COLUMNS]
         if with_delta:
             cells += [f"{row.delta[m]:+.2f}" if m in row.delta else "" for m in ("rsum", "r_mean")]
-        if with_anchor:
-            cells.append(f"{row.anchor[2]:.1f} / {row.anchor[3]:.1f} ({row.anchor[0]}, {row.anchor[1]})"
-                         if row.anchor else "")
+        if shown:
+            cells.append(", ".join(f"{a.rsum:.1f} [{shown.index(a) + 1}]" for a in row.anchors))
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"mean ± sample std (n-1) over the finished seeds; a value without ± is a single seed (n=1, no std); "
              f"{val_split}: the best epoch "
@@ -194,6 +234,9 @@ def to_markdown(rows: list[Row], val_split: str = "val", test_split: str = "test
         notes.append(f"Δ: {test_split} mean minus the baseline's ({baselines})")
     if any(not r.finished for r in rows):
         notes.append("unfinished runs (log short of train.epochs) are shown alone, never averaged with finished seeds")
+    if extras:
+        notes.append(f"{', '.join(extras)}: transfer evaluation (eval.extra) at the best epoch")
+    notes += [f"[{i}] {a.name}: RSUM {a.rsum:.1f}, {a.backbone}, {a.data}; {a.setting}" for i, a in enumerate(shown, 1)]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
@@ -204,9 +247,9 @@ def row_json(row: Row) -> dict:
             "epochs": [r.epochs for r in row.runs], "backbone": row.backbone, "data": row.data,
             "val": {k: s.to_json() for k, s in row.val.items()},
             "test": {k: s.to_json() for k, s in row.test.items()},
+            "extra": {name: {k: s.to_json() for k, s in stats.items()} for name, stats in row.extra.items()},
             "baseline": row.baseline, "delta": row.delta,
-            "anchor": None if row.anchor is None else dict(zip(("backbone", "data", "contrastive_rsum",
-                                                                 "cusa_rsum"), row.anchor))}
+            "anchors": [dataclasses.asdict(a) for a in row.anchors]}
 
 
 def to_json(rows: list[Row], val_split: str = "val", test_split: str = "test") -> str:
@@ -220,7 +263,7 @@ def to_csv(rows: list[Row], val_split: str = "val", test_split: str = "test") ->
     head = ["run", "finished", "seeds", "n", "best_epochs", "last_epochs", "epochs"]
     head += [f"{val_split}_{k}_{s}" for k in val_keys for s in ("mean", "std")]
     head += [f"{test_split}_{k}_{s}" for k in test_keys for s in ("mean", "std")]
-    head += ["baseline", "delta_rsum", "delta_r_mean", "anchor_contrastive_rsum", "anchor_cusa_rsum"]
+    head += ["baseline", "delta_rsum", "delta_r_mean", "published_rsum"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(head)
@@ -235,7 +278,7 @@ def to_csv(rows: list[Row], val_split: str = "val", test_split: str = "test") ->
                          " ".join(str(r.last_epoch) for r in row.runs), " ".join(str(r.epochs) for r in row.runs),
                          *stat_cells(row.val, val_keys), *stat_cells(row.test, test_keys), row.baseline or "",
                          row.delta.get("rsum", ""), row.delta.get("r_mean", ""),
-                         *(row.anchor[2:] if row.anchor else ("", ""))])
+                         " ".join(f"{a.rsum}:{a.name}" for a in row.anchors)])
     return out.getvalue()
 
 

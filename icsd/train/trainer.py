@@ -18,7 +18,14 @@ from torch.utils.data import DistributedSampler
 from icsd.checkpoint import load_checkpoint
 from icsd.config import Config
 from icsd.data.annotations import Split
-from icsd.data.build import TeacherFeatures, build_train_pairs, load_data_split, load_teacher_features, training_split
+from icsd.data.build import (
+    TeacherFeatures,
+    build_train_pairs,
+    load_data_split,
+    load_eval_splits,
+    load_teacher_features,
+    training_split,
+)
 from icsd.data.check import unreadable_images
 from icsd.data.loaders import Loader
 from icsd.data.pixels import DeviceBatches
@@ -83,7 +90,7 @@ def load_training_data(cfg: Config, env: DistEnv) -> TrainingData:
     if needs_teacher_features(cfg.loss):
         ensure_text_cache(cfg.data, train, env)
         teacher = load_teacher_features(cfg.data, train)
-    eval_splits = {n: (train if n == cfg.data.train_split else load_data_split(cfg.data, n)) for n in cfg.eval.splits}
+    eval_splits = load_eval_splits(cfg, cfg.eval.splits, {cfg.data.train_split: train})
     check_images(eval_splits, cfg, env)
     return TrainingData(training_split(cfg.data, train), teacher, eval_splits)
 
