@@ -1,5 +1,6 @@
-"""Benchmark: images/s of the training loader by worker count, original COCO-size JPEGs vs the prepared
-image cache (docs/benchmarks.md).
+"""Benchmark: images/s of the training loader by worker count, from the original COCO-size JPEGs, the prepared
+JPEG cache (``data.image_root``), and the pixel cache (``data.pixel_cache``) without and with the token cache
+(``data.token_cache``) (docs/benchmarks.md).
 
     .venv/bin/python bench/data_loader.py                        # workers 0 1 2, 512 images, ViT-B-32 transform
     .venv/bin/python bench/data_loader.py --workers 0 4 8 16 --images 2000 --model ViT-L-14-336
@@ -7,26 +8,25 @@ image cache (docs/benchmarks.md).
 Images: --images synthetic 640x480 JPEGs (COCO's usual size) at quality 90, with photo-like content
 (smooth colour gradients, blurred shapes and sensor-like noise, so they compress like photos, ~100 KB), written
 to a temporary folder with one caption each; or --source DIR to use real images (e.g. dataset_example/pics).
-The cache is built from them with icsd.tools.prep.resize (shorter side = the model's input size, quality 95).
-Both are read through the project's training dataset (icsd.data.datasets.TrainPairs: decode, the geometry
-of the model's transform to a uint8 tensor, tokenize; normalisation runs on the device in training, see
-icsd.data.pixels; the cached split through icsd.data.build.training_split, as training does) under a
+The JPEG cache is built from them with icsd.tools.prep.resize (shorter side = the model's input size, quality
+95); the pixel and token caches with icsd.data.caches. Every source is read through the project's training
+dataset (icsd.data.datasets.TrainPairs: decode, the geometry of the model's transform to a uint8 tensor,
+tokenize, or read the caches' rows; normalisation runs on the device in training, see icsd.data.pixels) under a
 DataLoader of batch --batch-size in file order (no sampler, pinning or teacher features). Give each worker
 several batches (--images >= 4 x workers x --batch-size): the first batch is excluded from the timing, and the
-batches the other workers decode alongside it would inflate the rate.
+batches the other workers load alongside it would inflate the rate.
 --full-transform times the whole float transform in the workers instead (the pipeline before uint8 loading).
 
-Columns, one row per worker count:
-  workers          DataLoader num_workers (0 = in the main process)
-  orig_img_s       images/s from the original JPEGs: images after the first batch / time after the first
-                   batch (worker start-up excluded), median over --repeats passes
-  cache_img_s      the same from the prepared cache
-  orig_per_worker  orig_img_s / max(workers, 1)
-  cache_per_worker cache_img_s / max(workers, 1)
-  ratio            cache_img_s / orig_img_s (acceptance: >= 3 per worker on this 2-core machine)
+Columns, one row per worker count; rates are images/s per worker (images after the first batch / time after the
+first batch, divided by max(workers, 1)), medians over --repeats passes, the sources timed alternately:
+  orig, jpeg, pix, pix+tok   the original JPEGs, the JPEG cache, the pixel cache, the pixel and token caches
+  jpeg/orig, pix+tok/jpeg, pix+tok/orig   their ratios
+  worker_MB        the largest growth of a worker's anonymous memory (RssAnon, not the page cache) over a pass
+                   of pix+tok, from after its first batch to its last ones (NaN with 0 workers)
+  ceiling          the same DataLoader over items already made (no reading at all): what moving the batches
+                   from the workers to the main process costs by itself (the limit of any source with workers)
 With CUDA, a last row "gpu dec" gives torchvision.io.decode_jpeg on the GPU (batched, + resize and centre
-crop to the input size on the GPU) in images/s for the original files, in the orig column (the cache column
-repeats it for the cached files). Rates on a shared machine vary: both sources are timed alternately.
+crop to the input size on the GPU) in images/s for the original files and for the JPEG cache's.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 from icsd.config import DataConfig, ModelConfig
 from icsd.data.annotations import load_split
 from icsd.data.build import training_split
+from icsd.data.caches import Rows, build_pixel_cache, build_token_cache, token_meta
 from icsd.data.datasets import TrainPairs
 from icsd.data.image_cache import relative_image_path
 from icsd.tools.prep.resize import model_input_size, resize_images
@@ -90,16 +91,44 @@ def write_dataset(root: str, count: int, source: str | None) -> str:
     return path
 
 
-def loader_rate(pairs: TrainPairs, workers: int, batch_size: int) -> float:
-    """Images/s after the first batch (worker start-up and the first fetch excluded)."""
+def rss_anon_mb(pid: int) -> float:
+    """A process's anonymous resident memory (RssAnon: its own pages, not the page cache of mapped files)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def loader_rate(pairs, workers: int, batch_size: int, memory: bool = False) -> tuple[float, float]:
+    """(images/s after the first batch (worker start-up and the first fetch excluded), the largest growth of a
+    worker's RssAnon in MB from after the first batch to the end of the pass, NaN unless ``memory``)."""
     loader = DataLoader(pairs, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=False,
                         persistent_workers=False)
     it = iter(loader)
     next(it)
-    start, seen = time.perf_counter(), 0
-    for batch in it:
+    pids = [w.pid for w in getattr(it, "_workers", [])] if memory else []  # the DataLoader's own worker list
+    before = {pid: rss_anon_mb(pid) for pid in pids}
+    start, seen, grown = time.perf_counter(), 0, float("nan")
+    for k, batch in enumerate(it):
         seen += len(batch["image"])
-    return seen / (time.perf_counter() - start)
+        if pids and k == len(loader) - 3:  # before the last batches, while every worker is still alive
+            grown = max(rss_anon_mb(pid) - before[pid] for pid in pids)
+    return seen / (time.perf_counter() - start), grown
+
+
+class Ready(torch.utils.data.Dataset):
+    """Items already made (the tensors of ``pairs[0]``, copied): what the DataLoader itself costs, moving the
+    batches from the workers to the main process, with no reading at all."""
+
+    def __init__(self, pairs: TrainPairs):
+        self.item, self.count = pairs[0], len(pairs)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        return {k: v.clone() for k, v in self.item.items()}
 
 
 def gpu_decode_rate(paths: list[str], size: int, batch_size: int) -> float:
@@ -144,29 +173,41 @@ def main(argv=None) -> None:
         resize_images([(p, relative_image_path(p, root)) for p in split.image_paths],
                       os.path.join(root, "cache_images"), root, size, workers=os.cpu_count() or 1)
         transform = backbone.transform if args.full_transform else backbone.pixels.host
+        build_pixel_cache(os.path.join(root, "pixels.npy"), split, backbone.pixels.host, os.cpu_count() or 1)
+        build_token_cache(os.path.join(root, "tokens.npy"), split, backbone.tokenizer,
+                          token_meta(split, backbone.name, backbone.clip.context_length))
+        pixels, tokens = Rows(os.path.join(root, "pixels.npy")), Rows(os.path.join(root, "tokens.npy"), as_long=True)
         sources = {"orig": TrainPairs(split, transform, backbone.tokenizer),
-                   "cache": TrainPairs(training_split(data, split), transform, backbone.tokenizer)}
-        kb = {k: statistics.mean(os.path.getsize(p) for p in pairs.split.image_paths) / 1024
-              for k, pairs in sources.items()}
+                   "jpeg": TrainPairs(training_split(data, split), transform, backbone.tokenizer),
+                   "pix": TrainPairs(split, transform, backbone.tokenizer, images=pixels),
+                   "pix+tok": TrainPairs(split, transform, backbone.tokenizer, images=pixels, tokens=tokens)}
+        ceiling_source = Ready(sources["pix+tok"])
+        kb = {k: statistics.mean(os.path.getsize(p) for p in sources[k].split.image_paths) / 1024
+              for k in ("orig", "jpeg")}
         print(f"# {args.images} images ({'from ' + args.source if args.source else 'synthetic 640x480, q90'}, "
-              f"{kb['orig']:.0f} KB) vs cache (shorter side {size}, q95, {kb['cache']:.0f} KB); {args.model} "
-              f"transform ({'float' if args.full_transform else 'uint8'} images); batch {args.batch_size}; "
-              f"{os.cpu_count()} CPUs")
-        print(f"{'workers':>8} {'orig_img_s':>11} {'cache_img_s':>12} {'orig_per_worker':>16} "
-              f"{'cache_per_worker':>17} {'ratio':>6}")
+              f"{kb['orig']:.0f} KB) vs the JPEG cache (shorter side {size}, q95, {kb['jpeg']:.0f} KB) vs the pixel "
+              f"cache ({os.path.getsize(os.path.join(root, 'pixels.npy')) / 2**20:.0f} MB) with and without the "
+              f"token cache; {args.model} transform ({'float' if args.full_transform else 'uint8'} images); batch "
+              f"{args.batch_size}; {os.cpu_count()} CPUs; images/s per worker")
+        print(f"{'workers':>8} {'orig':>9} {'jpeg':>9} {'pix':>9} {'pix+tok':>9} {'jpeg/orig':>10} "
+              f"{'pix+tok/jpeg':>13} {'pix+tok/orig':>13} {'worker_MB':>10} {'ceiling':>9}")
         for workers in args.workers:
-            rates = {k: [] for k in sources}
+            rates, grown = {k: [] for k in sources}, float("nan")
             for _ in range(args.repeats):
-                for name, pairs in sources.items():  # alternate, so load changes hit both alike
-                    rates[name].append(loader_rate(pairs, workers, args.batch_size))
-            orig, cache = statistics.median(rates["orig"]), statistics.median(rates["cache"])
-            per = max(workers, 1)
-            print(f"{workers:>8} {orig:>11.1f} {cache:>12.1f} {orig / per:>16.1f} {cache / per:>17.1f} "
-                  f"{cache / orig:>6.2f}")
+                for name, pairs in sources.items():  # alternate, so load changes hit all alike
+                    rate, memory = loader_rate(pairs, workers, args.batch_size, memory=name == "pix+tok")
+                    rates[name].append(rate / max(workers, 1))
+                    grown = memory if name == "pix+tok" else grown
+            r = {k: statistics.median(v) for k, v in rates.items()}
+            ceiling = statistics.median(loader_rate(ceiling_source, workers, args.batch_size)[0] / max(workers, 1)
+                                        for _ in range(args.repeats))
+            print(f"{workers:>8} {r['orig']:>9.1f} {r['jpeg']:>9.1f} {r['pix']:>9.1f} {r['pix+tok']:>9.1f} "
+                  f"{r['jpeg'] / r['orig']:>10.2f} {r['pix+tok'] / r['jpeg']:>13.2f} {r['pix+tok'] / r['orig']:>13.2f} "
+                  f"{grown:>10.1f} {ceiling:>9.1f}")
         if torch.cuda.is_available():
             orig = gpu_decode_rate(sources["orig"].split.image_paths, size, args.batch_size)
-            cache = gpu_decode_rate(sources["cache"].split.image_paths, size, args.batch_size)
-            print(f"{'gpu dec':>8} {orig:>11.1f} {cache:>12.1f} {'-':>16} {'-':>17} {cache / orig:>6.2f}")
+            cache = gpu_decode_rate(sources["jpeg"].split.image_paths, size, args.batch_size)
+            print(f"{'gpu dec':>8} {orig:>9.1f} {cache:>9.1f}  (torchvision.io.decode_jpeg on the GPU, images/s)")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

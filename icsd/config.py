@@ -54,6 +54,11 @@ class DataConfig:
     image_root: Optional[str] = option(
         None, "prepared JPEG cache read by the training loader (relative to `root`, or absolute; `python -m "
               "icsd.prep resize`); `null`: the original images. Evaluation always decodes the originals")
+    pixel_cache: Optional[str] = option(
+        None, "decoded-pixel cache per split (`{split}_pixels224.npy`, relative to `root`): training and evaluation "
+              "read exact uint8 images from it; built when missing; `null`: decode the images")
+    token_cache: Optional[str] = option(None, "token cache per split (`{split}_tokens.npy`): the captions' "
+                                              "tokens, built when missing; `null`: tokenize every step")
 
 
 @dataclass
@@ -383,6 +388,26 @@ def _check_ranges(cfg: Config, source: str) -> None:
         need(value > bound if strict else value >= bound,
              f"{key} = {value!r} must be {'>' if strict else '>='} {bound}")
 
+    for key in ("train.save_every", "train.checkpoint_every_steps", "data.num_workers", "train.optimizer.lr",
+                "train.optimizer.weight_decay", "train.scheduler.min_lr", "train.scheduler.warmup_epochs",
+                "model.lock_image_unlocked_groups", "model.lock_text_unlocked_layers"):
+        at_least(key, 0)
+    for key in ("train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "eval.image_batch_size",
+                "eval.text_batch_size", "eval.fold_size", "eval.rank_chunk_size", "data.max_words",
+                "data.text_teacher_batch_size"):
+        at_least(key, 1)
+    for key in ("model.pdm.scale_init", "model.pdm.temperature", "train.dist_timeout_minutes",
+                "train.optimizer.head_lr_scale", "train.optimizer.pdm_lr_scale",
+                "train.optimizer.temperature_lr_scale"):
+        at_least(key, 0, strict=True)
+    if cfg.train.grad_clip is not None:
+        at_least("train.grad_clip", 0, strict=True)
+    _check_loss(cfg, need, source)
+    _check_combinations(cfg, need)
+
+
+def _check_loss(cfg: Config, need, source: str) -> None:
+    """Every temperature's range; every loss term's weight and its own checks."""
     for section, keys, t in _temperatures(cfg):
         k = {part: f"{section}.{key}" for part, key in keys.items()}
         need(t.min > 0, f"{k['min']} = {t.min!r} must be > 0")
@@ -397,25 +422,13 @@ def _check_ranges(cfg: Config, source: str) -> None:
             classes[name](section).check()
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-    for key in ("train.save_every",
-                "train.checkpoint_every_steps", "data.num_workers", "train.optimizer.lr",
-                "train.optimizer.weight_decay", "train.scheduler.min_lr", "train.scheduler.warmup_epochs"):
-        at_least(key, 0)
-    for key in ("train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "eval.image_batch_size",
-                "eval.text_batch_size", "eval.fold_size", "eval.rank_chunk_size", "data.max_words",
-                "data.text_teacher_batch_size"):
-        at_least(key, 1)
-    for key in ("model.pdm.scale_init", "model.pdm.temperature", "train.dist_timeout_minutes",
-                "train.optimizer.head_lr_scale", "train.optimizer.pdm_lr_scale",
-                "train.optimizer.temperature_lr_scale"):
-        at_least(key, 0, strict=True)
-    for key in ("model.lock_image_unlocked_groups", "model.lock_text_unlocked_layers"):
-        at_least(key, 0)
+
+
+def _check_combinations(cfg: Config, need) -> None:
+    """Keys valid alone but wrong together, names and patterns."""
     need(not (cfg.model.heads == "none" and cfg.model.pdm.enabled),
          "model.heads: none uses CLIP's own embeddings, with no head to put PDM in front of; set "
          "model.pdm.enabled: false (or model.heads: linear)")
-    if cfg.train.grad_clip is not None:
-        at_least("train.grad_clip", 0, strict=True)
     names = [extra.name for extra in cfg.eval.extra]
     for i, extra in enumerate(cfg.eval.extra):
         need(extra.name.isidentifier() and extra.name not in cfg.eval.splits and names.count(extra.name) == 1,
@@ -430,9 +443,12 @@ def _check_ranges(cfg: Config, source: str) -> None:
     need(cfg.train.optimizer.name in list_optimizers(),
          f"train.optimizer.name '{cfg.train.optimizer.name}' is not a timm optimizer "
          f"(closest: {difflib.get_close_matches(cfg.train.optimizer.name, list_optimizers(), n=3)})")
-    for key in ("annotation", "image_features", "text_features"):
+    for key in ("annotation", "image_features", "text_features", "pixel_cache", "token_cache"):
         pattern = getattr(cfg.data, key)
-        need("{split}" in pattern, f"data.{key} '{pattern}' must contain '{{split}}'")
+        need(pattern is None or "{split}" in pattern, f"data.{key} '{pattern}' must contain '{{split}}'")
+    need(not (cfg.data.pixel_cache and cfg.data.image_root),
+         "data.pixel_cache and data.image_root are both set: keep data.pixel_cache (decoded pixels, exact, N x 3 x "
+         "S x S bytes on disk) or data.image_root (a resized JPEG copy, smaller, not exact)")
 
 
 def _get(cfg: Any, dotted: str) -> Any:

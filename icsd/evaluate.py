@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -15,6 +15,7 @@ from icsd.amp import autocast
 from icsd.config import Config
 from icsd.data.annotations import Split
 from icsd.data.build import load_eval_splits
+from icsd.data.caches import SplitInputs, input_caches
 from icsd.data.datasets import EvalImages, EvalTexts
 from icsd.data.loaders import Loader
 from icsd.data.pixels import PixelTransform
@@ -49,24 +50,27 @@ def encode_in_batches(encode: Callable, dataset, batch_size: int, env: DistEnv, 
 
 @torch.no_grad()
 def encode_split(model: ICSDModel, split: Split, pixels: PixelTransform, tokenizer: Callable, cfg: Config,
-                 env: DistEnv) -> tuple[torch.Tensor, torch.Tensor, EvalTexts]:
+                 env: DistEnv, inputs: Optional[SplitInputs] = None) -> tuple[torch.Tensor, torch.Tensor, EvalTexts]:
     """Head features of the split's images and captions, on CPU, in evaluation's order (``EvalTexts``:
-    captions grouped by image; its ``txt2img`` and ``order`` describe the caption rows)."""
+    captions grouped by image; its ``txt2img`` and ``order`` describe the caption rows); read from the
+    split's caches (``inputs``) when given."""
     model.eval()
     workers, precision = cfg.data.num_workers, cfg.train.precision
-    texts = EvalTexts(split, tokenizer)
+    inputs = inputs or SplitInputs()
+    texts = EvalTexts(split, tokenizer, inputs.tokens)
     f_img = encode_in_batches(lambda images: model.encode_image(pixels.normalize(images)),
-                              EvalImages(split, pixels.host), cfg.eval.image_batch_size, env, workers, precision)
+                              EvalImages(split, pixels.host, inputs.images), cfg.eval.image_batch_size, env, workers,
+                              precision)
     f_txt = encode_in_batches(model.encode_text, texts, cfg.eval.text_batch_size, env, workers, precision)
     return f_img, f_txt, texts
 
 
 @torch.no_grad()
 def evaluate_split(model: ICSDModel, split: Split, pixels: PixelTransform, tokenizer: Callable, cfg: Config,
-                   env: DistEnv) -> dict[str, float]:
+                   env: DistEnv, inputs: Optional[SplitInputs] = None) -> dict[str, float]:
     """Recall@K of ``split``; for a split of ``eval.folds_when_images`` images (COCO 5K test) also the mean
     over folds of ``eval.fold_size`` images (COCO 1K test), as ``1k_*``."""
-    f_img, f_txt, texts = encode_split(model, split, pixels, tokenizer, cfg, env)
+    f_img, f_txt, texts = encode_split(model, split, pixels, tokenizer, cfg, env, inputs)
     # Ranked in chunks of queries on the device: the full score matrix is never built (docs/evaluation.md).
     f_img, f_txt, txt2img = f_img.to(env.device), f_txt.to(env.device), texts.txt2img.to(env.device)
     chunk = cfg.eval.rank_chunk_size
@@ -85,9 +89,10 @@ class Evaluator:
     splits: dict[str, Split]
     pixels: PixelTransform
     tokenizer: Callable
+    inputs: dict[str, SplitInputs] = field(default_factory=dict)  # the splits' caches, by name
 
     def evaluate(self, model: ICSDModel, cfg: Config, env: DistEnv) -> dict[str, dict[str, float]]:
-        return {name: evaluate_split(model, split, self.pixels, self.tokenizer, cfg, env)
+        return {name: evaluate_split(model, split, self.pixels, self.tokenizer, cfg, env, self.inputs.get(name))
                 for name, split in self.splits.items()}
 
 
@@ -120,6 +125,7 @@ def run_evaluation(cfg: Config, env: DistEnv, weights: Optional[dict], splits, s
     metrics by split (an extra dataset's under its name)."""
     eval_splits = load_eval_splits(cfg, list(splits))
     model, backbone = build_model_for(cfg, env, weights, source)
-    results = Evaluator(eval_splits, backbone.pixels, backbone.tokenizer).evaluate(model, cfg, env)
+    inputs = input_caches(cfg.data, {n: eval_splits[n] for n in splits}, backbone, env)  # not the extra datasets'
+    results = Evaluator(eval_splits, backbone.pixels, backbone.tokenizer, inputs).evaluate(model, cfg, env)
     logger.info(format_table(results))
     return results

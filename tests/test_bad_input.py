@@ -16,7 +16,7 @@ import retrieval
 from icsd.checkpoint import load_checkpoint
 from icsd.config import load_config
 
-from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA, tiny_overrides
+from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA, ORIGINALS, tiny_overrides
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def train(tmp_path, root, *opts, resume=None) -> tuple[int, str, float]:
     """A short run on the (possibly broken) copy ``root``, reading its original images."""
     out = str(tmp_path / "run")
     argv = ["--config", EXAMPLE_CONFIG, "--opts", *tiny_overrides(
-        f"data.root={root}", "data.image_root=null", f"output_dir={out}", "train.epochs=1", "eval.splits=[val]",
+        f"data.root={root}", *ORIGINALS, f"output_dir={out}", "train.epochs=1", "eval.splits=[val]",
         "eval.eval_before_training=false", *opts)] + (["--resume", resume] if resume else [])
     start = time.perf_counter()
     code = retrieval.main(argv)
@@ -72,7 +72,7 @@ def test_check_data_lists_every_unreadable_image_with_counts(tmp_path, data, cap
     for name in names[:3]:
         truncate(data / "pics" / name)
     code = retrieval.main(["--config", EXAMPLE_CONFIG, "--check-data", "--opts", *tiny_overrides(
-        f"data.root={data}", "data.image_root=null", "eval.splits=[val, test]", "data.num_workers=2")])
+        f"data.root={data}", *ORIGINALS, "eval.splits=[val, test]", "data.num_workers=2")])
     out = capsys.readouterr()
     assert code == 1 and "error: 3 unreadable image(s) in the splits train, val, test" in out.err
     for name in names[:3]:
@@ -90,7 +90,7 @@ def test_check_data_reads_the_training_images_from_the_prepared_cache(tmp_path, 
     cached = cache / os.path.relpath(train.image_paths[0], data)
     truncate(cached)
     code = retrieval.main(["--config", EXAMPLE_CONFIG, "--check-data", "--opts", *tiny_overrides(
-        f"data.root={data}", f"data.image_root={cache}", "eval.splits=[val]")])
+        f"data.root={data}", f"data.image_root={cache}", "data.pixel_cache=null", "eval.splits=[val]")])
     out = capsys.readouterr()
     assert code == 1 and "error: 1 unreadable image(s) in the splits train, val" in out.err
     assert f"train: cannot read image {cached}" in out.out
@@ -219,7 +219,7 @@ def test_under_torchrun_one_ranks_error_is_shown_once_and_the_others_exit_quietl
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            os.path.join(REPO, "retrieval.py"), "--config", EXAMPLE_CONFIG, "--opts", *tiny_overrides(
-                               f"data.root={data}", "data.image_root=null", f"output_dir={out}", "train.epochs=1",
+                               f"data.root={data}", *ORIGINALS, f"output_dir={out}", "train.epochs=1",
                                "eval.splits=[val]", "train.batch_size=16", "eval.eval_before_training=false")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr

@@ -19,7 +19,7 @@ from icsd.checkpoint import load_checkpoint
 from icsd.errors import FileWriteError
 from icsd.files import write_atomic
 
-from conftest import EXAMPLE_DATA
+from conftest import EXAMPLE_DATA, ORIGINALS
 
 
 def truncated_train_image(tmp_path) -> str:
@@ -36,7 +36,7 @@ def truncated_train_image(tmp_path) -> str:
 
 def test_unreadable_training_image_mid_epoch(tmp_path):
     out = str(tmp_path / "run")
-    done = run(train_argv(out, 1, f"data.root={truncated_train_image(tmp_path)}", "data.image_root=null"))
+    done = run(train_argv(out, 1, f"data.root={truncated_train_image(tmp_path)}", *ORIGINALS))
     assert_prompt_clean_exit(done, 1, "error: cannot read image ")
     assert "on an unreadable training image: recovery checkpoint" in done.output
     assert load_checkpoint(os.path.join(out + "_seed42", "checkpoint_last.pth"))["position"]["epoch"] == 1

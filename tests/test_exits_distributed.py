@@ -15,7 +15,7 @@ from launch import assert_prompt_clean_exit, run, torchrun_worker, train_argv
 
 from icsd.checkpoint import load_checkpoint
 
-from conftest import EXAMPLE_DATA
+from conftest import EXAMPLE_DATA, ORIGINALS
 
 
 def test_a_rank_failing_in_backward_stops_the_job(tmp_path):
@@ -44,7 +44,7 @@ def test_an_unreadable_image_stops_every_rank(tmp_path):
     shutil.copytree(EXAMPLE_DATA, root)
     name = json.load(open(root / "train.json"))[0]["image_path"]
     (root / name).write_bytes((root / name).read_bytes()[:2000])
-    done = run(train_argv(str(tmp_path / "run"), 2, f"data.root={root}", "data.image_root=null"))
+    done = run(train_argv(str(tmp_path / "run"), 2, f"data.root={root}", *ORIGINALS))
     assert done.code != 0
     assert_prompt_clean_exit(done, done.code, "error: cannot read image ", last=False)
     assert done.count("on an unreadable training image: recovery checkpoint") == 1

@@ -91,7 +91,8 @@ def test_command_prepares_the_splits_a_config_names(tmp_path, capsys):
     assert "40 images at shorter side 64" in capsys.readouterr().out
     # the model's input size comes from the config (the tiny model: 64 px); --out from data.image_root
     config = tmp_path / "cfg.yaml"
-    config.write_text(f"_base_: {EXAMPLE_CONFIG}\ndata: {{root: {EXAMPLE_DATA}, image_root: {tmp_path}/c}}\n"
+    config.write_text(f"_base_: {EXAMPLE_CONFIG}\n"
+                      f"data: {{root: {EXAMPLE_DATA}, image_root: {tmp_path}/c, pixel_cache: null}}\n"
                       f"model: {{clip: {REPO}/configs/models/icsd-tiny.json}}\n")
     run_command(["--config", str(config), "--splits", "val", "--workers", "1", "--no-progress"])
     assert json.load(open(tmp_path / "c" / "manifest.json"))["size"] == 64
@@ -102,7 +103,7 @@ def test_command_prepares_the_splits_a_config_names(tmp_path, capsys):
 
 
 def test_training_reads_the_cache_and_a_missing_image_stops_before_training(tmp_path):
-    cfg = load_config(EXAMPLE_CONFIG, tiny_overrides(f"data.image_root={tmp_path}/cache"))
+    cfg = load_config(EXAMPLE_CONFIG, tiny_overrides(f"data.image_root={tmp_path}/cache", "data.pixel_cache=null"))
     split = load_data_split(cfg.data, "train")
     with pytest.raises(DataError, match=r"data.image_root: the prepared image cache .*/cache not found"):
         training_split(cfg.data, split)
@@ -127,7 +128,8 @@ def test_missing_cache_fails_a_run_with_one_line(tmp_path, capsys):
     import retrieval
 
     code = retrieval.main(["--config", EXAMPLE_CONFIG, "--opts",
-                           *tiny_overrides(f"output_dir={tmp_path}/run", f"data.image_root={tmp_path}/none")])
+                           *tiny_overrides(f"output_dir={tmp_path}/run", f"data.image_root={tmp_path}/none",
+                                           "data.pixel_cache=null")])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: data.image_root: the prepared image cache ") and "not found" in err
     assert not os.path.exists(f"{tmp_path}/run_seed42/checkpoint_last.pth")

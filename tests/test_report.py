@@ -41,6 +41,7 @@ def markdown_row(text, label):
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
+@pytest.mark.trains  # the example runs
 def test_table_equals_the_logs_and_the_eval_json(runs, capsys):
     with open(runs["eval_json"]) as f:
         evaluated = json.load(f)
@@ -82,6 +83,7 @@ def test_table_equals_the_logs_and_the_eval_json(runs, capsys):
     assert data["icsd"]["anchors"] == []  # the tiny model on dataset_example has no published anchor
 
 
+@pytest.mark.trains  # the example runs
 def test_eval_json_wins_over_the_log(runs, tmp_path):
     run = shutil.copytree(runs["contrastive"][0], str(tmp_path / "contrastive_seed1"))
     with open(os.path.join(run, "eval_best.json"), "w") as f:
@@ -92,6 +94,7 @@ def test_eval_json_wins_over_the_log(runs, tmp_path):
     assert "1K RSUM" in report.to_markdown([row])
 
 
+@pytest.mark.trains  # the example runs
 def test_single_seed_shows_no_std(runs, capsys):
     assert report.main([runs["icsd"][0]]) == 0
     cells = markdown_row(capsys.readouterr().out, "icsd")
@@ -108,6 +111,7 @@ def test_single_seed_shows_no_std(runs, capsys):
     assert row["val"]["rsum"]["mean"] == best_record(runs["icsd"][0])["test_rsum"]
 
 
+@pytest.mark.trains  # the example runs
 def test_unfinished_run_is_marked_and_not_averaged(runs, tmp_path, capsys):
     root = str(tmp_path / "runs")
     for run in runs["icsd"]:
@@ -156,6 +160,7 @@ def test_anchors_beside_runs_of_the_same_method_backbone_and_data(tmp_path):
            "lr 1e-5, batch 256, 5 epochs" in text
 
 
+@pytest.mark.trains  # the example runs
 def test_user_errors_are_one_line(tmp_path, runs, capsys):
     os.makedirs(tmp_path / "started_seed1")
     (tmp_path / "started_seed1" / "config.yaml").write_text("train: {epochs: 2}\n")

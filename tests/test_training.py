@@ -12,7 +12,7 @@ import retrieval
 from icsd.checkpoint import load_checkpoint
 from icsd.train import session, trainer
 
-from conftest import EXAMPLE_CONFIG, tiny_overrides
+from conftest import EXAMPLE_CONFIG, ORIGINALS, tiny_overrides
 
 TIMING_KEYS = {"epoch_seconds", "seconds_training", "samples_per_second", "data_time_share"}
 
@@ -152,7 +152,7 @@ def test_unreadable_image_stops_with_its_path(tmp_path, capsys, workers):
             (root / "pics" / name).write_bytes(b"not a jpeg")
         else:
             os.symlink(os.path.join(EXAMPLE_DATA, "pics", name), root / "pics" / name)
-    code, _ = run(tmp_path, "corrupt", f"data.root={root}", "data.image_root=null", f"data.num_workers={workers}")
+    code, _ = run(tmp_path, "corrupt", f"data.root={root}", *ORIGINALS, f"data.num_workers={workers}")
     assert code == 1
     err = capsys.readouterr().err
     assert f"error: cannot read image {root}/pics/COCO_" in err and "Traceback" not in err
@@ -181,7 +181,7 @@ def test_eval_needs_a_checkpoint_that_fits(tmp_path, capsys):
     last = os.path.join(run_dir, "checkpoint_last.pth")
     assert evaluation.main(["--checkpoint", last, "--split", "val", "--opts", "model.pdm.enabled=false"]) == 1
     err = capsys.readouterr().err
-    assert f"error: {last} does not fit the configured model (missing ['image_head.0.bias'" in err
+    assert f"error: {last} does not fit the configured model (missing [image_head.0.bias" in err
 
 
 @pytest.mark.parametrize("precision", ["amp_bf16", "amp_fp16"])

@@ -57,7 +57,7 @@ def test_training_paths_of_the_wrong_kind(tmp_path, capsys, case):
         opts = [f"data.root={tmp_path}/a_file"]
         message = f"error: data.root: {tmp_path}/a_file is a file, not a folder"
     elif case == "data.image_root is a file":
-        opts = [f"data.image_root={tmp_path}/a_file"]
+        opts = [f"data.image_root={tmp_path}/a_file", "data.pixel_cache=null"]
         message = f"error: data.image_root: the prepared image cache {tmp_path}/a_file is a file, not a folder"
     else:
         resume = str(tmp_path / "out")
@@ -78,7 +78,7 @@ def test_tool_paths_of_the_wrong_kind(tmp_path, capsys, checkpoint):
     cases = [
         (evaluation.main, ["--checkpoint", folder], f"--checkpoint: {folder} is a folder but not an ICSD export"),
         (evaluation.main, ["--checkpoint", checkpoint, "--out", folder], f"--out: {folder} is a folder, not a file"),
-        (export.main, [folder, f"{tmp_path}/export"], f"CKPT: {folder} is a folder, not a checkpoint file"),
+        (export.main, [folder, f"{tmp_path}/export"], f"CKPT: {folder} is a folder but not an ICSD export"),
         (export.main, [checkpoint, a_file], f"OUT_DIR: {a_file} is a file, not a folder"),
         (plot.main, [os.path.dirname(checkpoint), "--out", folder], f"--out: {folder} is a folder, not a file"),
         (show.main, [checkpoint, "--out", f"{folder}.png"], f"--out: {folder}.png is a folder, not a file"),

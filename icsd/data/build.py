@@ -75,7 +75,9 @@ def load_teacher_features(data: DataConfig, split: Split) -> TeacherFeatures:
     return TeacherFeatures(image, text)
 
 
-def build_train_pairs(cfg: Config, split: Split, teacher: Optional[TeacherFeatures],
-                      transform: Callable, tokenizer: Callable) -> TrainPairs:
-    return TrainPairs(split, transform, tokenizer,
-                      teacher.image if teacher else None, teacher.text if teacher else None)
+def build_train_pairs(cfg: Config, split: Split, teacher: Optional[TeacherFeatures], transform: Callable,
+                      tokenizer: Callable, inputs=None) -> TrainPairs:
+    """The training pairs; ``inputs`` (``icsd.data.caches.SplitInputs``): the split's caches, when set."""
+    return TrainPairs(split, transform, tokenizer, teacher.image if teacher else None,
+                      teacher.text if teacher else None, inputs.images if inputs else None,
+                      inputs.tokens if inputs else None)

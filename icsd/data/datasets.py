@@ -1,4 +1,9 @@
-"""Torch datasets: training pairs (one item per caption) and evaluation images / texts."""
+"""Torch datasets: training pairs (one item per caption) and evaluation images / texts.
+
+An image comes from an image source (``images(i)``: the uint8 tensor of the split's image ``i``), decoded from
+its file (``DecodedImages``) or read from the pixel cache (``icsd.data.caches.Rows``); a caption's tokens from a
+token source (``tokens(t)``), tokenized (``Tokenized``) or read from the token cache: the same tensors either way.
+"""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -28,15 +33,38 @@ def teacher_tensor(vector: np.ndarray) -> torch.Tensor:
     return torch.tensor(vector, dtype=torch.float16)
 
 
+class DecodedImages:
+    """``images(i)``: image file ``i`` decoded and put through ``transform``."""
+
+    def __init__(self, paths, transform: Callable):
+        self.paths, self.transform = list(paths), transform
+
+    def __call__(self, index: int) -> torch.Tensor:
+        return self.transform(load_image(self.paths[index]))
+
+
+class Tokenized:
+    """``tokens(t)``: caption ``t`` through ``tokenizer``."""
+
+    def __init__(self, captions, tokenizer: Callable):
+        self.captions, self.tokenizer = captions, tokenizer
+
+    def __call__(self, index: int) -> torch.Tensor:
+        return self.tokenizer(self.captions[index])[0]
+
+
 class TrainPairs(Dataset):
     """Item ``t`` = caption record ``t``: its image, tokens, image index (for multi-positive targets)
-    and, when given, the external image feature of its image and the external text feature of the caption."""
+    and, when given, the external image feature of its image and the external text feature of the caption.
+    ``transform`` and ``tokenizer`` are the image and token sources' fallbacks: ``images`` / ``tokens`` (the
+    caches) are read when given."""
 
     def __init__(self, split: Split, transform: Callable, tokenizer: Callable,
-                 image_features: Optional[ImageFeatures] = None, text_features: Optional[MatrixRows] = None):
+                 image_features: Optional[ImageFeatures] = None, text_features: Optional[MatrixRows] = None,
+                 images: Optional[Callable] = None, tokens: Optional[Callable] = None):
         self.split = split
-        self.transform = transform
-        self.tokenizer = tokenizer
+        self.images = images or DecodedImages(split.image_paths, transform)
+        self.tokens = tokens or Tokenized(split.captions, tokenizer)
         self.image_features = image_features
         self.image_rows = image_features.rows_for(split.image_ids) if image_features is not None else None
         self.text_features = text_features
@@ -46,11 +74,8 @@ class TrainPairs(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image_index = int(self.split.txt2img[index])
-        item = {
-            "image": self.transform(load_image(self.split.image_paths[image_index])),
-            "tokens": self.tokenizer(self.split.captions[index])[0],
-            "image_index": torch.tensor(image_index),
-        }
+        item = {"image": self.images(image_index), "tokens": self.tokens(index),
+                "image_index": torch.tensor(image_index)}
         if self.image_features is not None:
             item["ext_img"] = teacher_tensor(self.image_features.vector(self.image_rows[image_index]))
         if self.text_features is not None:
@@ -59,30 +84,30 @@ class TrainPairs(Dataset):
 
 
 class EvalImages(Dataset):
-    """The split's images once each, in ``split.image_ids`` order (sorted by image_id)."""
+    """The split's images once each, in ``split.image_ids`` order (sorted by image_id); from ``images`` (the
+    pixel cache) when given, else decoded through ``transform``."""
 
-    def __init__(self, split: Split, transform: Callable):
-        self.paths = split.image_paths
-        self.transform = transform
+    def __init__(self, split: Split, transform: Callable, images: Optional[Callable] = None):
+        self.count = split.num_images
+        self.images = images or DecodedImages(split.image_paths, transform)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return self.count
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(load_image(self.paths[index]))
+        return self.images(index)
 
 
 class EvalTexts(Dataset):
     """The split's captions grouped by image (images in sorted order), as tokens."""
 
-    def __init__(self, split: Split, tokenizer: Callable):
+    def __init__(self, split: Split, tokenizer: Callable, tokens: Optional[Callable] = None):
         self.order = split.grouped_text_order()
-        self.captions = split.captions
-        self.tokenizer = tokenizer
+        self.tokens = tokens or Tokenized(split.captions, tokenizer)
         self.txt2img = torch.from_numpy(split.txt2img[self.order])
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.tokenizer(self.captions[self.order[index]])[0]
+        return self.tokens(int(self.order[index]))

@@ -154,12 +154,14 @@ def is_complete(path: str, meta: dict, rows: int) -> bool:
     found = read_meta(path) if os.path.isfile(path) else None
     if found is None:
         return False
-    recorded = {k: v for k, v in found.items() if k not in ("dim", "rows", "dtype", CHECKED_FINITE)}
+    recorded = {k: v for k, v in found.items() if k not in ("dim", "shape", "rows", "dtype", CHECKED_FINITE)}
     return job_identity(recorded, found.get("rows", -1)) == job_identity(meta, rows)
 
 
 class FeatureWriter:
-    """Write ``rows`` float16 rows of one width, in order, resumably (see the module docstring).
+    """Write ``rows`` rows of one shape, in order, resumably (see the module docstring): float16 features by
+    default (checked finite and within float16's range), or any ``dtype`` (the pixel and token caches: uint8
+    images ``[3, S, S]``, int32 tokens ``[L]``, written as given).
 
     ``meta`` describes the job (``model``, ``mode``, ``kind``, ``fingerprint`` or ``ids``, ...); it goes
     to the sidecar, and a partial file from a job with other ``meta`` is discarded, not continued.
@@ -167,7 +169,7 @@ class FeatureWriter:
     """
 
     def __init__(self, path: str, rows: int, meta: dict, flush_every: int = 20, resume: bool = True,
-                 log=logger.warning):
+                 log=logger.warning, dtype=DTYPE):
         if rows <= 0:
             raise DataError(f"{path}: nothing to write (0 rows)")
         self.path = path
@@ -178,7 +180,8 @@ class FeatureWriter:
         self.progress_path = path + PROGRESS_SUFFIX
         self.job = job_identity(self.meta, self.rows)
         self.rows_done = 0
-        self.dim: Optional[int] = None
+        self.dtype = np.dtype(dtype)
+        self.row_shape: Optional[tuple] = None
         self._file = None
         self._offset = 0
         self._pending = 0
@@ -208,11 +211,11 @@ class FeatureWriter:
                       f"starting over")
             self._discard()
             return
-        dim, done = progress.get("dim"), progress.get("rows_done")
+        shape, done = progress.get("row_shape", [progress.get("dim")]), progress.get("rows_done")
         try:
             header = np.load(self.partial_path, mmap_mode="r")
-            ok = (isinstance(dim, int) and isinstance(done, int) and 0 <= done <= self.rows
-                  and header.shape == (self.rows, dim) and header.dtype == DTYPE)
+            ok = (isinstance(shape, list) and all(isinstance(n, int) for n in shape) and isinstance(done, int)
+                  and 0 <= done <= self.rows and header.shape == (self.rows, *shape) and header.dtype == self.dtype)
             offset = header.offset
             del header
         except (OSError, ValueError):
@@ -221,7 +224,7 @@ class FeatureWriter:
             self._log(f"{self.partial_path}: unreadable or inconsistent with {self.progress_path}; starting over")
             self._discard()
             return
-        self.dim, self.rows_done, self._offset = dim, done, offset
+        self.row_shape, self.rows_done, self._offset = tuple(shape), done, offset
         self._file = open(self.partial_path, "r+b")
         if done:
             self._log(f"{self.path}: resuming at row {done} of {self.rows}")
@@ -231,39 +234,46 @@ class FeatureWriter:
             if os.path.exists(stale):
                 os.remove(stale)
 
-    def _allocate(self, dim: int) -> None:
-        matrix = np.lib.format.open_memmap(self.partial_path, mode="w+", dtype=DTYPE, shape=(self.rows, dim))
+    @property
+    def dim(self) -> Optional[int]:
+        """The row size of a feature matrix (its one row dimension)."""
+        return None if self.row_shape is None else int(np.prod(self.row_shape))
+
+    def _allocate(self, row_shape: tuple) -> None:
+        matrix = np.lib.format.open_memmap(self.partial_path, mode="w+", dtype=self.dtype,
+                                           shape=(self.rows, *row_shape))
         self._offset = int(matrix.offset)
         del matrix  # only the preallocated file and its header are wanted; rows go through plain writes
-        self.dim = dim
+        self.row_shape = tuple(row_shape)
         self._file = open(self.partial_path, "r+b")
         self._write_progress()
 
     def _write_progress(self) -> None:
-        write_text(self.progress_path, json.dumps({"rows_done": self.rows_done, "dim": self.dim,
-                                                          "job": self.job}))
+        write_text(self.progress_path, json.dumps({"rows_done": self.rows_done, "row_shape": list(self.row_shape),
+                                                   "job": self.job}))
 
     # -- writing ---------------------------------------------------------------------------------
     def write(self, block) -> None:
-        """Append ``block`` [b, D] (any float dtype) at row ``rows_done``."""
+        """Append ``block`` [b, *row shape] at row ``rows_done`` (features: any float dtype, made float16)."""
         block = np.asarray(block)
-        if block.ndim != 2:
-            raise DataError(f"{self.path}: expected a [batch, D] block of features, got shape {block.shape}")
+        if block.ndim < 2:
+            raise DataError(f"{self.path}: expected a [batch, ...] block of rows, got shape {block.shape}")
         if self.rows_done + len(block) > self.rows:
             raise DataError(f"{self.path}: {self.rows_done + len(block)} rows written, {self.rows} expected")
-        if self.dim is None:
-            self._allocate(int(block.shape[1]))
-        elif block.shape[1] != self.dim:
-            raise DataError(f"{self.path}: rows {self.rows_done}..{self.rows_done + len(block) - 1} have "
-                            f"dimension {block.shape[1]}, the earlier rows have {self.dim}")
+        if self.row_shape is None:
+            self._allocate(tuple(int(n) for n in block.shape[1:]))
+        elif tuple(block.shape[1:]) != self.row_shape:
+            what = (f"dimension {block.shape[1]}, the earlier rows have {self.dim}" if block.ndim == 2 else
+                    f"shape {tuple(block.shape[1:])}, the earlier rows have {self.row_shape}")
+            raise DataError(f"{self.path}: rows {self.rows_done}..{self.rows_done + len(block) - 1} have {what}")
         with np.errstate(over="ignore"):  # overflow is reported below, naming the row
-            half = np.ascontiguousarray(block, dtype=DTYPE)
-        if not np.isfinite(half).all():
-            bad = self.rows_done + int(np.nonzero(~np.isfinite(half).all(axis=1))[0][0])
+            rows = np.ascontiguousarray(block, dtype=self.dtype)
+        if self.dtype == DTYPE and not np.isfinite(rows).all():
+            bad = self.rows_done + int(np.nonzero(~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1))[0][0])
             raise DataError(f"{self.path}: row {bad} has a non-finite feature (NaN, or beyond float16's "
                             f"range 65504)")
-        self._file.seek(self._offset + self.rows_done * self.dim * half.itemsize)
-        self._file.write(half.tobytes())
+        self._file.seek(self._offset + self.rows_done * rows[0].nbytes)
+        self._file.write(rows.tobytes())
         self.rows_done += len(block)
         self._pending += 1
         if self._pending >= self.flush_every:
@@ -293,8 +303,9 @@ class FeatureWriter:
         if os.path.exists(meta_path(self.path)):
             os.remove(meta_path(self.path))  # never a new matrix beside an old sidecar
         os.replace(self.partial_path, self.path)
-        write_meta(self.path, {**self.meta, "dim": int(self.dim), "rows": self.rows, "dtype": "float16",
-                               CHECKED_FINITE: True})
+        shape = {"dim": self.dim} if len(self.row_shape) == 1 else {"shape": list(self.row_shape)}
+        finite = {CHECKED_FINITE: True} if self.dtype == DTYPE else {}
+        write_meta(self.path, {**self.meta, **shape, "rows": self.rows, "dtype": str(self.dtype), **finite})
         os.remove(self.progress_path)
 
 

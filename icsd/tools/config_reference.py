@@ -63,6 +63,9 @@ def _rows(cls: type, prefix: str) -> list[str]:
             continue  # a nested section: its own table
         elif f.name != "terms":
             rows.append(f"| `{key}` | {_type_name(hints[f.name]).replace('|', 'or')} | {_value(default)} | {doc} |")
+            item = (typing.get_args(hints[f.name]) or (None,))[0]
+            if typing.get_origin(hints[f.name]) is list and dataclasses.is_dataclass(item):
+                rows += [row.replace(f"| `{key}.", f"| `{key}[].", 1) for row in _rows(item, f"{key}.")]
     return rows
 
 

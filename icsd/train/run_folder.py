@@ -18,11 +18,11 @@ from typing import Optional
 import torch
 
 from icsd.config import Config, config_to_dict
-from icsd.errors import CheckpointError, ConfigError, FileWriteError
+from icsd.errors import CheckpointError, ConfigError, FileWriteError, RunFolderBusy
 from icsd.files import TMP_SUFFIX, require_creatable_folder, require_file, write_atomic, write_text, write_yaml
+from icsd.lease import Lease, LeaseHeld, LeaseLost
 from icsd.logger import log_to_file
-from icsd.runs import BEST, CONFIG, LAST, LOG, OUT_LOG, epoch_checkpoint, read_log
-from icsd.train.lease import RunLease
+from icsd.runs import BEST, CONFIG, LAST, LEASE, LOG, OUT_LOG, epoch_checkpoint, read_log
 
 
 def link_checkpoint(src: str, dst: str) -> None:
@@ -47,7 +47,7 @@ class RunFolder:
     def __init__(self, cfg: Config):
         self.cfg, self.path = cfg, cfg.run_dir
         self.last, self.best, self.log = (os.path.join(self.path, name) for name in (LAST, BEST, LOG))
-        self.lease = RunLease(self.path)
+        self.lease = Lease(os.path.join(self.path, LEASE))
         self.created = False  # this run made the folder (an early failure then leaves nothing behind)
 
     def open(self, resume: Optional[str], force_unlock: bool = False) -> Optional[str]:
@@ -58,7 +58,12 @@ class RunFolder:
             require_file(resume, "--resume", CheckpointError, "checkpoint")
         self.created = not os.path.isdir(self.path)
         os.makedirs(self.path, exist_ok=True)
-        self.lease.acquire(force=force_unlock)
+        try:
+            self.lease.acquire(force=force_unlock)
+        except LeaseHeld as held:
+            raise RunFolderBusy(f"{self.path} is in use by another run ({held.holder.describe()}; lease "
+                                f"{held.path}). Wait for it to end; if it is dead, --resume auto --force-unlock "
+                                f"takes it over") from None
         if resume == "auto":
             return self.last if os.path.isfile(self.last) else None
         if resume is None:
@@ -93,7 +98,12 @@ class RunFolder:
 
     def save(self, checkpoint: dict) -> None:
         """``checkpoint_last.pth``; on failure the previous one is intact and the message says so."""
-        self.lease.check()
+        try:
+            self.lease.check()
+        except LeaseLost as lost:
+            to = f" to {lost.holder.describe()}" if lost.holder else ""
+            raise RunFolderBusy(f"this run lost its folder's lease{to}: it stops without writing to "
+                                f"{self.path}") from None
         try:
             write_atomic(self.last, lambda f: torch.save(checkpoint, f), "checkpoint")
         except FileWriteError as exc:

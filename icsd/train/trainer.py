@@ -26,6 +26,7 @@ from icsd.data.build import (
     load_teacher_features,
     training_split,
 )
+from icsd.data.caches import input_caches
 from icsd.data.check import unreadable_images
 from icsd.data.loaders import Loader
 from icsd.data.pixels import DeviceBatches
@@ -91,7 +92,10 @@ def load_training_data(cfg: Config, env: DistEnv) -> TrainingData:
         ensure_text_cache(cfg.data, train, env)
         teacher = load_teacher_features(cfg.data, train)
     eval_splits = load_eval_splits(cfg, cfg.eval.splits, {cfg.data.train_split: train})
-    check_images(eval_splits, cfg, env)
+    if cfg.data.pixel_cache is None:  # else building the cache decodes them (a complete one, unchanged, did)
+        check_images(eval_splits, cfg, env)
+    else:
+        check_images({n: s for n, s in eval_splits.items() if n not in cfg.eval.splits}, cfg, env)
     return TrainingData(training_split(cfg.data, train), teacher, eval_splits)
 
 
@@ -138,7 +142,11 @@ def build_session(cfg: Config, env: DistEnv, data: TrainingData, folder: RunFold
     loader, the restored training state, and the run folder started."""
     checkpoint = load_checkpoint(resume_path) if resume_path is not None else None
     model, backbone = build_model_for(cfg, env, checkpoint["model"] if checkpoint else None, resume_path or "")
-    pairs = build_train_pairs(cfg, data.train, data.teacher, backbone.pixels.host, backbone.tokenizer)
+    # the pixel and token caches of the trained and evaluated splits (not the extra datasets'): built if missing
+    cached = {n: s for n, s in data.eval_splits.items() if n in cfg.eval.splits}
+    inputs = input_caches(cfg.data, {**cached, cfg.data.train_split: data.train}, backbone, env)
+    pairs = build_train_pairs(cfg, data.train, data.teacher, backbone.pixels.host, backbone.tokenizer,
+                              inputs.get(cfg.data.train_split))
     sampler, loader = build_train_loader(pairs, cfg, env)
     updates_per_epoch = len(loader) // cfg.train.accum_steps
     if updates_per_epoch == 0:
@@ -162,7 +170,7 @@ def build_session(cfg: Config, env: DistEnv, data: TrainingData, folder: RunFold
     criterion = Criterion(cfg.loss)
     return Session(cfg, env, state, _distributed(model, env), lambda out, batch: criterion(out, batch, model),
                    DeviceBatches(loader, env.device, backbone.pixels), sampler, updates_per_epoch, folder,
-                   Evaluator(data.eval_splits, backbone.pixels, backbone.tokenizer),
+                   Evaluator(data.eval_splits, backbone.pixels, backbone.tokenizer, inputs),
                    Trackers(cfg, cfg.run_dir, enabled=env.is_main))
 
 

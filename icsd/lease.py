@@ -1,12 +1,14 @@
-"""One run per run folder: a lease (``run.lock``) held by the run's main process for its whole life.
+"""A lease on a path, held by one process at a time: one run per run folder (``run.lock``, held by the run's
+main process for its whole life), one builder per cache (``<cache>.lock``, while it is built).
 
-The lease names its holder (host, pid, the process's start time, when the run started) and is refreshed
-every ``REFRESH_SECONDS`` by a thread of the holder. A run that finds a lease held by a live run stops at
-start, naming the holder. A lease whose holder is gone is taken over, with one line saying so: on the same
-host the holder's process is checked (pid and start time, so a reused pid is not mistaken for it); on
-another host the lease is stale when it has not been refreshed for ``STALE_SECONDS``, so a job requeued onto
-another node after a node failure is not blocked for ever. ``--force-unlock`` takes a lease whatever its
-state, for a user who knows its holder is dead.
+The lease names its holder (host, pid, the process's start time, when it started) and is refreshed every
+``REFRESH_SECONDS`` by a thread of the holder. Acquiring a lease held by a live process raises ``LeaseHeld``
+(the caller says what that means: a run stops at start naming the holder, a cache build waits). A lease whose
+holder is gone is taken over, with one line saying so: on the same host the holder's process is checked (pid
+and start time, so a reused pid is not mistaken for it); on another host the lease is stale when it has not
+been refreshed for ``STALE_SECONDS``, so a job requeued onto another node after a node failure is not blocked
+for ever. ``force`` (``--force-unlock``) takes a lease whatever its state, for a user who knows its holder is
+dead.
 
 What it guarantees on shared file systems: the lease is created with ``O_CREAT | O_EXCL`` and taken over with
 ``rename``, both atomic on local disks, NFS (v3 and later) and Lustre, so of two runs starting at once exactly
@@ -26,9 +28,7 @@ import threading
 import time
 from typing import Optional
 
-from icsd.errors import RunFolderBusy
 from icsd.files import fsync_dir, write_json
-from icsd.runs import LEASE
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,27 @@ def _read(path: str) -> Optional[Holder]:
         return None
 
 
-class RunLease:
-    """The lease of one run folder, held by this process (``acquire`` ... ``release``)."""
+class LeaseHeld(Exception):
+    """Another live process holds the lease (``holder``)."""
 
-    def __init__(self, folder: str):
-        self.path = os.path.join(folder, LEASE)
+    def __init__(self, holder: Holder, path: str):
+        super().__init__(f"{path} is held by {holder.describe()}")
+        self.holder, self.path = holder, path
+
+
+class LeaseLost(Exception):
+    """This process's lease was taken over by another one (``holder``, None if the lease is gone)."""
+
+    def __init__(self, holder: Optional[Holder], path: str):
+        super().__init__(f"{path} was taken over{f' by {holder.describe()}' if holder else ''}")
+        self.holder, self.path = holder, path
+
+
+class Lease:
+    """The lease at ``path``, held by this process (``acquire`` ... ``release``)."""
+
+    def __init__(self, path: str):
+        self.path = path
         self.holder = Holder.me()
         self.held = False
         self.lost = False
@@ -112,7 +128,7 @@ class RunLease:
         self._thread: Optional[threading.Thread] = None
 
     def acquire(self, force: bool = False) -> None:
-        """Take the lease, or raise ``RunFolderBusy`` naming its live holder."""
+        """Take the lease, or raise ``LeaseHeld`` naming its live holder."""
         for _ in range(10):  # each turn either creates the lease or moves a stale one away
             if self._create():
                 self.held = True
@@ -122,13 +138,11 @@ class RunLease:
             if holder is None:
                 continue
             if holder.alive() and not force:
-                raise RunFolderBusy(
-                    f"{os.path.dirname(self.path)} is in use by another run ({holder.describe()}; lease "
-                    f"{self.path}). Wait for it to end; if it is dead, --resume auto --force-unlock takes it over")
+                raise LeaseHeld(holder, self.path)
             if self._take_over(holder):
                 why = "forced (--force-unlock)" if force and holder.alive() else "its holder is gone"
-                logger.info(f"took over the run folder's lease from {holder.describe()}: {why}")
-        raise RunFolderBusy(f"could not take the lease {self.path}: other runs keep taking it; try again")
+                logger.info(f"took over the lease {self.path} from {holder.describe()}: {why}")
+        raise LeaseHeld(_read(self.path) or Holder("?", -1, None, "?", 0.0, ""), self.path)
 
     def _create(self) -> bool:
         try:
@@ -185,11 +199,9 @@ class RunLease:
         return self.held
 
     def check(self) -> None:
-        """Raise ``RunFolderBusy`` if this run lost its folder's lease (checked before every write)."""
+        """Raise ``LeaseLost`` if another process took the lease over (checked before every write)."""
         if not self._still_mine() and self.lost:
-            to = f" to {self.lost_to.describe()}" if self.lost_to else ""
-            raise RunFolderBusy(f"this run lost its folder's lease{to}: it stops without writing to "
-                                f"{os.path.dirname(self.path)}")
+            raise LeaseLost(self.lost_to, self.path)
 
     def release(self) -> None:
         self._stop.set()
