@@ -22,9 +22,10 @@
 #                    token caches, the loader's own ceiling, and torchvision.io.decode_jpeg on the GPU
 # Table columns: step, status (PASS | FAIL | FAIL(timeout)), seconds, and the step's numbers:
 #   tests: pytest's summary line; train steps: samples/s and peak memory (MiB, max_memory_allocated) of the
-#   ICSD step, its time ratio to contrastive-only; speed: each flag's step-time ratio to the plain step and the
-#   largest relative loss difference over the steps; loader: images/s per worker of the original JPEGs, the JPEG
-#   cache and the pixel+token caches, their ratios, the loader's ceiling, GPU decode.
+#   ICSD step, its time ratio to contrastive-only, its host syncs per step; speed: each flag's step-time ratio
+#   to the plain step, the largest relative loss difference over the steps, graphs recompiled after warm-up;
+#   loader: images/s per worker of the original JPEGs, the JPEG cache and the pixel+token caches, their
+#   ratios, the loader's ceiling, GPU decode.
 # Full outputs are in LOG_DIR (default gpu_check_logs/).
 set -euo pipefail
 
@@ -50,9 +51,9 @@ summarize() {  # step log -> the numbers of the table's last column
         gpu_tests|paper_configs)
             grep -E "[0-9]+ (passed|failed|error|skipped)" "$log" | tail -n 1 | sed 's/=//g; s/^ *//' || true ;;
         vitb32_speed)
-            awk '$1 ~ /\+/ {printf "%s x%s of plain, loss diff %s, icsd/contrastive %s; ", $1, $7, $8, $6}' "$log" || true ;;
+            awk '$1 ~ /\+/ {printf "%s x%s of plain, loss diff %s, icsd/contrastive %s, recompiles %s; ", $1, $7, $8, $6, $10}' "$log" || true ;;
         vit*)
-            awk '$1 == "icsd" {printf "icsd %s samples/s, peak %s MiB, icsd/contrastive %s", $2, $5, $6}' "$log" || true ;;
+            awk '$1 == "icsd" {printf "icsd %s samples/s, peak %s MiB, icsd/contrastive %s, host syncs/step %s", $2, $5, $6, $9}' "$log" || true ;;
         loader*)
             awk '$1 ~ /^[0-9]+$/ {printf "per worker: orig %s, jpeg %s, pixel+token caches %s img/s (x%s jpeg, x%s orig; loader ceiling %s); ", $2, $3, $5, $7, $8, $10}
                  $1 == "gpu" {printf "gpu decode orig %s img/s, jpeg %s img/s", $3, $4}' "$log" || true ;;
@@ -78,7 +79,7 @@ run_step() {  # name time-limit-seconds command...
 GPU=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')" 2>&1 || true)
 
 run_step gpu_tests 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
-run_step paper_configs 75 "$PY" -m pytest -q tests/test_paper_configs.py -p no:cacheprovider
+run_step paper_configs 120 "$PY" -m pytest -q tests/test_paper_configs.py -p no:cacheprovider
 run_step vitb32_b128 45 "$PY" bench/train_step.py --device cuda --model ViT-B-32-quickgelu --batch-size 128 \
     --precision amp_bf16 --steps 20 --warmup 5
 run_step vitl14_336_b16 60 "$PY" bench/train_step.py --device cuda --model ViT-L-14-336-quickgelu --batch-size 16 \

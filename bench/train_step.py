@@ -28,6 +28,10 @@ on a shared machine hits all alike. One table, one row per variant:
   loss_rel_diff   the largest |loss - plain loss| / |plain loss| over every step (warm-up included) of the
                   variant against the same loss without the flag, both from the same init and batch (the
                   acceptance for making a speed flag a default: <= 0.01)
+  syncs_step      CUDA: host syncs per timed step (torch.cuda.set_sync_debug_mode("warn") around the step:
+                  .item(), nonzero, blocking copies to the host; target 0). CPU: nan
+  recompiles      +compile rows: graphs compiled during the timed steps (after warm-up, all +compile
+                  rows together; target 0)
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ import os
 import resource
 import statistics
 import time
+import warnings
 
 import torch
 
@@ -64,6 +69,7 @@ class Variant:
     times: list
     losses: list = dataclasses.field(default_factory=list)
     peak: int = 0
+    syncs: int = 0
 
 
 def synthetic_batch(cfg: Config, model, device: torch.device, batch_size: int, ext_img: int, ext_txt: int,
@@ -112,6 +118,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def counted_step(v: Variant, batch: dict, device: torch.device) -> tuple[torch.Tensor, int]:
+    """``train_step`` and the host syncs it made (CUDA's sync debug mode warns at each one)."""
+    if device.type != "cuda":
+        return train_step(v, batch, device), 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            loss = train_step(v, batch, device)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return loss, sum("synchroniz" in str(w.message) for w in caught)
+
+
+def graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=os.path.join(REPO, "configs", "vitb32", "coco", "icsd.yaml"))
@@ -148,20 +174,25 @@ def main(argv=None) -> None:
                 for name, cfg in configs.items()]
     batch = synthetic_batch(variants[0].cfg, variants[0].model, device, args.batch_size, args.ext_img_dim,
                             args.ext_txt_dim)
+    graphs_after_warmup = None
     for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            graphs_after_warmup = graphs_compiled()
         for v in variants:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sync(device)
             start = time.perf_counter()
-            loss = train_step(v, batch, device)
+            loss, syncs = counted_step(v, batch, device)
             sync(device)
             elapsed = time.perf_counter() - start
             v.losses.append(loss.float().item())  # read after the timer stopped
             if step >= args.warmup:
                 v.times.append(elapsed)
+                v.syncs += syncs
                 if device.type == "cuda":
                     v.peak = max(v.peak, torch.cuda.max_memory_allocated(device))
+    recompiles = graphs_compiled() - graphs_after_warmup if args.compile else float("nan")
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     median = {v.name: statistics.median(v.times) for v in variants}
     by_name = {v.name: v for v in variants}
@@ -170,7 +201,7 @@ def main(argv=None) -> None:
           f"{' (grad checkpointing)' if args.grad_checkpointing else ''}, {args.steps} steps after {args.warmup}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'variant':<22} {'samples_s':>10} {'step_ms':>9} {'p90_ms':>9} {'peak_mem_mb':>12} "
-          f"{'vs_contrastive':>15} {'vs_plain':>9} {'loss_rel_diff':>14}")
+          f"{'vs_contrastive':>15} {'vs_plain':>9} {'loss_rel_diff':>14} {'syncs_step':>11} {'recompiles':>11}")
     for v in variants:
         loss, _, suffix = v.name.partition("+")
         suffix = "+" + suffix if suffix else ""
@@ -181,7 +212,9 @@ def main(argv=None) -> None:
         vs_contrastive = median[v.name] / median["contrastive" + suffix] if "contrastive" in configs else float("nan")
         print(f"{v.name:<22} {args.batch_size / median[v.name]:>10.1f} {1000 * median[v.name]:>9.1f} "
               f"{1000 * p90:>9.1f} {peak / 2 ** 20:>12.0f} {vs_contrastive:>15.3f} "
-              f"{median[v.name] / median[loss]:>9.3f} {rel:>14.2e}")
+              f"{median[v.name] / median[loss]:>9.3f} {rel:>14.2e} "
+              f"{v.syncs / len(v.times) if device.type == 'cuda' else float('nan'):>11.2f} "
+              f"{recompiles if suffix == '+compile' else float('nan'):>11}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,6 @@ def test_cuda_evaluation_equals_cpu_evaluation(monkeypatch):
     assert len(EvalTexts(split, backbone.tokenizer)) > split.num_images
 
 
-
 def test_a_failing_rank_with_nccl_exits_promptly(tmp_path):
     """torchrun --nproc_per_node=1 on CUDA (NCCL) with DataLoader workers: an out-of-memory error injected into the
     optimizer step ends the job within 60 s of its traceback, no process left (the NCCL teardown after a
