@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 from icsd.config import DataConfig, ModelConfig
 from icsd.data.annotations import load_split
 from icsd.data.build import training_split
-from icsd.data.caches import Rows, build_pixel_cache, build_token_cache, token_meta
+from icsd.data.caches import Rows, build_pixel_cache, build_token_cache, token_meta, tokenizer_identity
 from icsd.data.datasets import TrainPairs
 from icsd.data.image_cache import relative_image_path
 from icsd.tools.prep.resize import model_input_size, resize_images
@@ -175,7 +175,7 @@ def main(argv=None) -> None:
         transform = backbone.transform if args.full_transform else backbone.pixels.host
         build_pixel_cache(os.path.join(root, "pixels.npy"), split, backbone.pixels.host, os.cpu_count() or 1)
         build_token_cache(os.path.join(root, "tokens.npy"), split, backbone.tokenizer,
-                          token_meta(split, backbone.name, backbone.clip.context_length))
+                          token_meta(split, tokenizer_identity(backbone.tokenizer), backbone.clip.context_length))
         pixels, tokens = Rows(os.path.join(root, "pixels.npy")), Rows(os.path.join(root, "tokens.npy"), as_long=True)
         sources = {"orig": TrainPairs(split, transform, backbone.tokenizer),
                    "jpeg": TrainPairs(training_split(data, split), transform, backbone.tokenizer),

@@ -59,7 +59,7 @@ def pytest_configure(config):
 
     from icsd.config import ModelConfig
     from icsd.data.annotations import load_split
-    from icsd.data.caches import build_pixel_cache, build_token_cache, token_meta
+    from icsd.data.caches import build_pixel_cache, build_token_cache, token_meta, tokenizer_identity
     from icsd.models.backbone import build_backbone
 
     out = tempfile.mkdtemp(prefix="icsd_test_caches_")
@@ -68,7 +68,7 @@ def pytest_configure(config):
         split = load_split(name, os.path.join(EXAMPLE_DATA, f"{name}.json"), EXAMPLE_DATA)
         build_pixel_cache(os.path.join(out, f"{name}_pixels.npy"), split, backbone.pixels.host)
         build_token_cache(os.path.join(out, f"{name}_tokens.npy"), split, backbone.tokenizer,
-                          token_meta(split, backbone.name, backbone.clip.context_length))
+                          token_meta(split, tokenizer_identity(backbone.tokenizer), backbone.clip.context_length))
     os.environ[CACHE_ENV] = out
     config.add_cleanup(lambda: shutil.rmtree(out, ignore_errors=True))
 

@@ -115,6 +115,41 @@ def test_a_cache_that_no_longer_matches_is_refused(tmp_path):
         check_cache(tokens, token_meta(edited, "ViT-B-32", 77), edited.num_captions, "data.token_cache")
 
 
+def test_training_refuses_a_stale_cache_and_reads_a_complete_one_without_writing(tmp_path, monkeypatch):
+    """What training and evaluation call (``pixel_rows``, ``token_rows``): a cache of another transform or
+    tokenizer is refused, never silently rebuilt; a complete one is used without taking its lease (a read-only
+    data folder); models that share a tokenizer share the token cache."""
+    cfg = load_config_example()
+    data = cfg.data.__class__(**{**cfg.data.__dict__, "pixel_cache": str(tmp_path / "{split}_pixels.npy"),
+                                 "token_cache": str(tmp_path / "{split}_tokens.npy")})
+    split = load_data_split(data, "val")
+    pixels = split_transform(open_clip.image_transform(64, is_train=False))
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    assert len(pixel_rows(data, split, pixels.host)) == split.num_images  # built on first use
+    assert len(token_rows(data, split, tokenizer, 77)) == split.num_captions
+    before = open(tmp_path / "val_pixels.npy", "rb").read()
+    other = split_transform(open_clip.image_transform(72, is_train=False))
+    with pytest.raises(DataError, match=r"data.pixel_cache: the cache .*val_pixels.npy no longer matches: it was "
+                                        r"made with another transform"):
+        pixel_rows(data, split, other.host)
+    assert open(tmp_path / "val_pixels.npy", "rb").read() == before
+    assert caches_module.tokenizer_identity(open_clip.get_tokenizer("ViT-L-14-336")) == \
+        caches_module.tokenizer_identity(tokenizer)  # ViT-B/32 and ViT-L/14@336 configs share {split}_tokens.npy
+    token_rows(data, split, open_clip.get_tokenizer("ViT-L-14-336"), 77)
+    with pytest.raises(DataError, match=r"data.token_cache: .* no longer matches: its tokenizer differs"):
+        token_rows(data, split, open_clip.SimpleTokenizer(context_length=32), 32)
+
+    def no_lock(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Lease, "acquire", no_lock)  # as a read-only folder would
+    assert len(pixel_rows(data, split, pixels.host)) == split.num_images
+    os.remove(tmp_path / "val_tokens.npy")
+    with pytest.raises(DataError, match=r"data.token_cache: cannot build .*val_tokens.npy: cannot create "
+                                        r".*val_tokens.npy.lock \(Permission denied\); build the cache where"):
+        token_rows(data, split, tokenizer, 77)
+
+
 def test_a_build_resumes_and_checks_the_free_space(tmp_path, monkeypatch):
     split = load_data_split(load_config_example().data, "val")
     pixels = split_transform(open_clip.image_transform(64, is_train=False))
@@ -144,7 +179,8 @@ def test_a_build_resumes_and_checks_the_free_space(tmp_path, monkeypatch):
     assert np.array_equal(np.load(path), whole)
 
     monkeypatch.setattr(caches_module.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10, 10, 1000))
-    with pytest.raises(DataError, match=r"building .*/other.npy needs 0.00 GB \(20 rows x 12 kB\), .* 0.00 GB free"):
+    needs = r"building .*other.npy needs 0.00 GB \(20 rows x 12,288 bytes\), .* 0.00 GB free: .* or use data.image_root"
+    with pytest.raises(DataError, match=needs):
         build_pixel_cache(str(tmp_path / "other.npy"), split, pixels.host)
 
 
@@ -210,7 +246,7 @@ def test_the_example_config_builds_its_caches_on_first_use_and_reads_them(tmp_pa
 
     backbone = build_backbone(cfg.model, weights_follow=True)
     rows = pixel_rows(data, split, backbone.pixels.host)
-    tokens = token_rows(data, split, backbone.tokenizer, backbone.name, backbone.clip.context_length)
+    tokens = token_rows(data, split, backbone.tokenizer, backbone.clip.context_length)
     assert os.path.isfile(root / "test_pixels64.npy") and os.path.isfile(root / "test_tokens.npy")
     assert torch.equal(rows(3), backbone.pixels.host(load_image(split.image_paths[3])))
     assert torch.equal(tokens(5), backbone.tokenizer(split.captions[5])[0])

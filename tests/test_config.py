@@ -87,6 +87,12 @@ def test_ranges_are_checked(tmp_path):
         load_config(None, ["loss.soft_label.alpha=1.5"])
     with pytest.raises(ConfigError, match=r"select_on 'test' must be one of eval.splits"):
         load_config(None, ["eval.splits=[val]", "eval.select_on=test"])
+    with pytest.raises(ConfigError, match=r"data.pixel_cache and data.image_root are both set: keep data.pixel_cache "
+                                          r"\(decoded pixels, exact.*or data.image_root \(a resized JPEG copy"):
+        load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "vitb32", "coco", "icsd.yaml"),
+                    ["data.image_root=images_224"])
+    with pytest.raises(ConfigError, match=r"data.token_cache 'tokens.npy' must contain '\{split\}'"):
+        load_config(None, ["data.token_cache=tokens.npy"])
 
 
 def test_base_inheritance_deep_merges(tmp_path):

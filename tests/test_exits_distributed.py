@@ -92,3 +92,20 @@ def test_the_main_rank_failing_to_build_the_text_cache_stops_the_other(tmp_path)
                           f"data.text_teacher={tmp_path}/no-such-model"))
     assert done.code != 0
     assert_prompt_clean_exit(done, done.code, "error: cannot load the sentence-transformers text teacher", last=False)
+
+
+def test_the_main_rank_failing_to_build_the_pixel_cache_stops_the_other(tmp_path):
+    """The pixel cache is built by rank 0 alone (over its DataLoader workers) while rank 1 waits: an unreadable
+    image stops both, with one line naming the cache and the image."""
+    import json
+
+    root = tmp_path / "data"
+    shutil.copytree(EXAMPLE_DATA, root, ignore=shutil.ignore_patterns("*_pixels*", "*_tokens*"))
+    name = json.load(open(root / "train.json"))[0]["image_path"]
+    (root / name).write_bytes((root / name).read_bytes()[:2000])
+    done = run(train_argv(str(tmp_path / "run"), 2, f"data.root={root}", "data.pixel_cache={split}_pixels.npy",
+                          "data.token_cache=null"))
+    assert done.code != 0
+    assert_prompt_clean_exit(done, done.code, f"error: building {root}/train_pixels.npy: cannot read image ",
+                             last=False)
+    assert not os.path.exists(root / "train_pixels.npy")  # nothing half-built is taken for a cache

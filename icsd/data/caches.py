@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from icsd.config import DataConfig
 from icsd.data.annotations import Split
 from icsd.data.captions import caption_fingerprint
+from icsd.data.datasets import load_image
 from icsd.data.feature_file import FeatureWriter, MatrixRows, is_complete, meta_path, read_meta
 from icsd.data.loaders import Loader
 from icsd.errors import DataError, ImageReadError
@@ -128,19 +129,17 @@ class _Decoded(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from icsd.data.datasets import load_image
-
         return self.host(load_image(self.paths[index]))
 
 
-def _check_space(path: str, rows: int, row_bytes: int, done: int) -> None:
+def _check_space(path: str, rows: int, row_bytes: int, done: int, alternative: str = "") -> None:
     folder = os.path.dirname(os.path.abspath(path))
     needed = (rows - done) * row_bytes
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise DataError(f"building {path} needs {needed / 1e9:.2f} GB ({rows} rows x {row_bytes / 1e3:.0f} kB), "
+        raise DataError(f"building {path} needs {needed / 1e9:.2f} GB ({rows:,} rows x {row_bytes:,} bytes), "
                         f"{folder} has {free / 1e9:.2f} GB free: free space, or set the cache's pattern to a "
-                        f"bigger disk")
+                        f"bigger disk{alternative}")
 
 
 def build_pixel_cache(path: str, split: Split, host_transform, num_workers: int = 0, batch_size: int = 64,
@@ -149,9 +148,13 @@ def build_pixel_cache(path: str, split: Split, host_transform, num_workers: int 
     meta = pixel_meta(split, host_transform)
     if not overwrite and is_complete(path, meta, split.num_images):
         return
+    try:
+        sample = host_transform(load_image(split.image_paths[0]))  # the row size, before any file is made
+    except ImageReadError as exc:
+        raise DataError(f"building {path}: {exc}") from None
     writer = FeatureWriter(path, split.num_images, meta, dtype=np.uint8, resume=not overwrite)
-    sample = host_transform(_load_first(split))
-    _check_space(path, split.num_images, sample.numel(), writer.rows_done)
+    _check_space(path, split.num_images, sample.numel(), writer.rows_done,
+                 ", or use data.image_root instead (the JPEG cache: about 8x smaller, not exact)")
     loader = Loader(_Decoded(split.image_paths[writer.rows_done:], host_transform), batch_size=batch_size,
                     num_workers=num_workers)
     logger.info(f"building the pixel cache {path}: {split.num_images} images of {split.name} "
@@ -170,18 +173,13 @@ def build_pixel_cache(path: str, split: Split, host_transform, num_workers: int 
     writer.finish()
 
 
-def _load_first(split: Split):
-    from icsd.data.datasets import load_image
-
-    return load_image(split.image_paths[0])
-
-
 def build_token_cache(path: str, split: Split, tokenizer, meta: dict, batch_size: int = 4096,
                       overwrite: bool = False) -> None:
     """Every caption of ``split`` tokenized into ``path`` (int32 rows)."""
     if not overwrite and is_complete(path, meta, split.num_captions):
         return
     writer = FeatureWriter(path, split.num_captions, meta, dtype=np.int32, resume=not overwrite)
+    _check_space(path, split.num_captions, 4 * tokenizer(split.captions[:1]).shape[1], writer.rows_done)
     try:
         for start in range(writer.rows_done, split.num_captions, batch_size):
             writer.write(tokenizer(split.captions[start:start + batch_size]).numpy())
@@ -191,9 +189,12 @@ def build_token_cache(path: str, split: Split, tokenizer, meta: dict, batch_size
     writer.finish()
 
 
-def _exclusive(path: str, build: Callable[[], None], done: Callable[[], bool]) -> None:
-    """``build()`` under the cache's lease; while another run holds it, wait (one line) until it is released,
-    then build only what is still missing."""
+def _ensure(path: str, meta: dict, rows: int, key: str, build: Callable[[], None], overwrite: bool = False) -> None:
+    """The cache at ``path``: a complete one of this job is used as it is (without a lease: the data folder may be
+    read-only), one of another job is refused (``check_cache``), a missing one (or any, with ``overwrite``) is
+    built under the cache's lease; while another run holds the lease, wait (one line) and use what it built."""
+    if os.path.isfile(path) and not overwrite:
+        return check_cache(path, meta, rows, key)
     lease, said = Lease(path + ".lock"), False
     while True:
         try:
@@ -204,8 +205,17 @@ def _exclusive(path: str, build: Callable[[], None], done: Callable[[], bool]) -
                 logger.info(f"waiting for {path}: {held.holder.describe()} is building it")
                 said = True
             time.sleep(WAIT_SECONDS)
+        except OSError as exc:
+            raise DataError(f"{key}: cannot build {path}: cannot create {path}.lock ({exc.strerror}); build the "
+                            f"cache where the folder is writable (python -m icsd.prep), or set {key} to null") from None
     try:
-        if not done():
+        if overwrite:
+            for stale in (path, meta_path(path)):
+                if os.path.exists(stale):
+                    os.remove(stale)
+        if os.path.isfile(path):
+            check_cache(path, meta, rows, key)  # the run we waited for built it
+        else:
             build()
     finally:
         lease.release()
@@ -218,32 +228,42 @@ def cache_path(data: DataConfig, pattern: Optional[str], split: Split) -> Option
     return None if pattern is None else os.path.join(data.root, pattern.format(split=split.name))
 
 
-def pixel_rows(data: DataConfig, split: Split, host_transform, build: bool = True) -> Optional[Rows]:
+def pixel_rows(data: DataConfig, split: Split, host_transform, build: bool = True,
+               overwrite: bool = False) -> Optional[Rows]:
     """``split``'s pixel cache (``data.pixel_cache``), built when missing (``build``), checked; None when unset."""
     path = cache_path(data, data.pixel_cache, split)
     if path is None:
         return None
+    meta = pixel_meta(split, host_transform)
     if build:
-        meta = pixel_meta(split, host_transform)
-        _exclusive(path, lambda: build_pixel_cache(path, split, host_transform, data.num_workers),
-                   lambda: is_complete(path, meta, split.num_images))
-    check_cache(path, pixel_meta(split, host_transform), split.num_images, "data.pixel_cache")
+        _ensure(path, meta, split.num_images, "data.pixel_cache",
+                lambda: build_pixel_cache(path, split, host_transform, data.num_workers), overwrite)
+    check_cache(path, meta, split.num_images, "data.pixel_cache")
     return Rows(path)
 
 
-def token_rows(data: DataConfig, split: Split, tokenizer, tokenizer_name: str, context_length: int,
-               build: bool = True) -> Optional[Rows]:
+def tokenizer_identity(tokenizer) -> str:
+    """What the token cache is keyed by: the tokenizer's class and a digest of what it makes of a probe text
+    (another vocabulary, casing or cleaning changes it), so models that share a tokenizer share the cache."""
+    import hashlib
+
+    probe = ["A man riding a wave on top of a surfboard.", "TWO dogs & 3 cats, café naïve; émigré!? 1,234"]
+    digest = hashlib.sha256(np.ascontiguousarray(tokenizer(probe).numpy(), dtype=np.int64).tobytes()).hexdigest()
+    return f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}:{digest[:16]}"
+
+
+def token_rows(data: DataConfig, split: Split, tokenizer, context_length: int, build: bool = True,
+               overwrite: bool = False) -> Optional[Rows]:
     """``split``'s token cache (``data.token_cache``), built when missing, checked; None when unset."""
     path = cache_path(data, data.token_cache, split)
     if path is None:
         return None
-    meta = token_meta(split, tokenizer_name, context_length)
+    meta = token_meta(split, tokenizer_identity(tokenizer), context_length)
     if build:
-        _exclusive(path, lambda: build_token_cache(path, split, tokenizer, meta),
-                   lambda: is_complete(path, meta, split.num_captions))
+        _ensure(path, meta, split.num_captions, "data.token_cache",
+                lambda: build_token_cache(path, split, tokenizer, meta), overwrite)
     check_cache(path, meta, split.num_captions, "data.token_cache")
     return Rows(path, as_long=True)
-
 
 
 @dataclass
@@ -264,8 +284,7 @@ def input_caches(data: DataConfig, splits: dict[str, Split], backbone, env) -> d
 
     def opened(build: bool) -> dict[str, SplitInputs]:
         return {name: SplitInputs(pixel_rows(data, split, backbone.pixels.host, build),
-                                  token_rows(data, split, backbone.tokenizer, backbone.name,
-                                             backbone.clip.context_length, build))
+                                  token_rows(data, split, backbone.tokenizer, backbone.clip.context_length, build))
                 for name, split in splits.items()}
 
     run_on_main(env, lambda: opened(build=True) and None, "building the input caches")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", nargs="+", default=None,
                         help="splits (default: data.train_split and eval.splits)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: data.num_workers)")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild a complete cache")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild the cache (a stale one is refused "
+                                                                   "otherwise)")
 
 
 def build(args: argparse.Namespace, kind: str) -> None:
@@ -34,7 +34,6 @@ def build(args: argparse.Namespace, kind: str) -> None:
     from icsd.config import load_config
     from icsd.data.build import load_data_split
     from icsd.data.caches import cache_path, pixel_rows, token_rows
-    from icsd.data.feature_file import meta_path
     from icsd.errors import ConfigError
     from icsd.models.backbone import build_backbone
 
@@ -49,14 +48,10 @@ def build(args: argparse.Namespace, kind: str) -> None:
     for name in args.splits or list(dict.fromkeys([data.train_split, *cfg.eval.splits])):
         split = load_data_split(data, name)
         path = cache_path(data, pattern, split)
-        if args.overwrite:
-            for stale in (path, meta_path(path)):
-                if os.path.exists(stale):
-                    os.remove(stale)
         if kind == "pixels":
-            pixel_rows(data, split, backbone.pixels.host)
+            pixel_rows(data, split, backbone.pixels.host, overwrite=args.overwrite)
         else:
-            token_rows(data, split, backbone.tokenizer, backbone.name, backbone.clip.context_length)
+            token_rows(data, split, backbone.tokenizer, backbone.clip.context_length, overwrite=args.overwrite)
         logger.info(f"{name}: {path} [done]")
 
 
