@@ -4,7 +4,7 @@ running run folders (``config.yaml``, ``log.jsonl``, eval JSONs) without torch.
 Kept free of torch and the model code so that ``icsd.report`` and ``icsd.plot`` start in well under a
 second and read hundreds of run folders quickly.
 
-Conventions (documented in the README):
+Conventions (documented in docs/tools.md):
 
 - a run folder is a folder holding ``log.jsonl`` or ``config.yaml`` (what ``retrieval.py`` writes);
 - runs are grouped by their run folder path without the ``_seed{N}`` suffix (that is, by the config's

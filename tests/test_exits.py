@@ -61,6 +61,7 @@ def test_a_non_finite_loss_ends_the_process(tmp_path):
 
 
 @pytest.mark.parametrize("sig, code, message", [
+    (signal.SIGTERM, 143, "stopped by SIGTERM in epoch 1 at step "),
     (signal.SIGINT, 130, "stopped by SIGINT in epoch 1 at step "),
     (signal.SIGUSR1, 138, "stopped by SIGUSR1 in epoch 1 at step "),
 ])

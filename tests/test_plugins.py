@@ -95,6 +95,22 @@ def test_a_term_that_is_off_creates_nothing_but_still_logs_zero():
     assert {"loss_heads.probe.weight", "temperatures.tau_probe.value"} <= set(build_model(on)[0].state_dict())
 
 
+def test_weights_of_a_term_that_is_on_load_where_it_is_off_without_its_temperature(caplog):
+    """Evaluating a run with a term the config turns off: the term's temperature is not loaded, and said so;
+    every other weight is."""
+    from icsd.models.loading import load_model_weights
+
+    cfg = load_config(EXAMPLE_CONFIG, tiny_overrides(*PROBE, "loss.probe.weight=0"))
+    trained = {k: v + 1 for k, v in build_model(cfg)[0].state_dict().items()}  # differs from a fresh model
+    weights = {**trained, "temperatures.tau_probe.value": torch.tensor(0.3)}
+    off, _ = build_model(cfg)
+    with caplog.at_level("INFO", logger="icsd.models.loading"):
+        load_model_weights(off, weights, "run.pth")
+    assert "run.pth: not loaded, the temperatures of terms this config does not use: [temperatures.tau_probe.value]" \
+        in caplog.text
+    assert all(torch.equal(v, trained[k]) for k, v in off.state_dict().items())
+
+
 def test_sections_and_import_paths_are_checked():
     with pytest.raises(ConfigError, match=r"unknown key 'probe' in section 'loss'"):
         load_config(EXAMPLE_CONFIG, ["loss.probe.weight=0.2"])  # no plug-in named: the section is unknown

@@ -19,7 +19,7 @@ from icsd.errors import CheckpointError, ICSDError
 from icsd.models import build_model_for
 from icsd.models.backbone import resolve_model_name
 from icsd.pretrained import config_for_weights, load_checkpoint_or_export
-from icsd.tools import export
+from icsd.tools import export, show
 
 from conftest import EXAMPLE_CONFIG, REPO, TINY_MODEL, tiny_overrides
 
@@ -147,7 +147,7 @@ def test_keys_left_over_on_either_side_are_named(tmp_path):
 
 def test_evaluation_export_and_show_take_a_released_checkpoint(tmp_path, capsys):
     """evaluation.py needs --config (their paths are their machine's); the architecture and PDM come from the
-    checkpoint, a disagreement with the config named; the export of it evaluates the same."""
+    checkpoint, a disagreement with the config named; the export of it evaluates the same; show draws its sheet."""
     path = str(tmp_path / "checkpoint_best.pth")
     reference_checkpoint(path, pdm=True)
     assert evaluation.main(["--checkpoint", path, "--split", "val"]) == 1
@@ -165,6 +165,9 @@ def test_evaluation_export_and_show_take_a_released_checkpoint(tmp_path, capsys)
     assert evaluation.main(["--checkpoint", str(tmp_path / "export"), "--split", "val", "--out", exported,
                             "--opts", *tiny_overrides()]) == 0
     assert json.load(open(exported)) == json.load(open(out))
+    sheet = str(tmp_path / "sheet.html")
+    assert show.main([path, "--config", EXAMPLE_CONFIG, "--split", "val", "--queries", "2", "--out", sheet]) == 0
+    assert "<img" in open(sheet).read()
     assert load_config(EXAMPLE_CONFIG).model.pretrained is None
     with pytest.raises(ICSDError):
         config_for_weights(load_checkpoint_or_export(path), path, None, [])

@@ -158,7 +158,8 @@ def test_print_config_loads_back_as_the_same_config(tmp_path, capsys):
 def test_help_points_to_the_key_table(capsys):
     with pytest.raises(SystemExit):
         retrieval.main(["--help"])
-    assert 'README.md, section "Config reference"' in capsys.readouterr().out
+    assert "docs/config.md" in capsys.readouterr().out
+    assert os.path.isfile(os.path.join(REPO, "docs", "config.md"))
 
 
 def test_out_log_holds_what_rank_0_printed(tmp_path, capsys):

@@ -302,7 +302,7 @@ class FeatureWriter:
         self.close()
         if os.path.exists(meta_path(self.path)):
             os.remove(meta_path(self.path))  # never a new matrix beside an old sidecar
-        os.replace(self.partial_path, self.path)
+        os.replace(self.partial_path, self.path)  # made durable by the sidecar's write, which syncs the folder
         shape = {"dim": self.dim} if len(self.row_shape) == 1 else {"shape": list(self.row_shape)}
         finite = {CHECKED_FINITE: True} if self.dtype == DTYPE else {}
         write_meta(self.path, {**self.meta, **shape, "rows": self.rows, "dtype": str(self.dtype), **finite})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional
 
 from torch import nn
@@ -12,6 +13,8 @@ from icsd.errors import CheckpointError
 from icsd.models.backbone import Backbone
 from icsd.models.icsd_model import OPEN_CLIP_LOSS_PARAMETERS, ICSDModel, build_model
 
+logger = logging.getLogger(__name__)
+
 
 def load_model_weights(model: nn.Module, weights: dict, source: str) -> None:
     """``load_state_dict`` with a CheckpointError naming the mismatching keys (e.g. PDM on vs off). A temperature
@@ -19,8 +22,10 @@ def load_model_weights(model: nn.Module, weights: dict, source: str) -> None:
     frozen temperatures of terms that were off (a contrastive run's ``tau_s``, ``tau_t``). open_clip's own loss
     scale, unused and frozen, keeps the model's value when the weights have none."""
     own = model.state_dict()
-    weights = {k: v for k, v in weights.items() if k in own or not (k.startswith("temperatures.")
-                                                                      and k.endswith(".value"))}
+    unused = sorted(k for k in weights if k not in own and k.startswith("temperatures.") and k.endswith(".value"))
+    if unused:
+        logger.info(f"{source}: not loaded, the temperatures of terms this config does not use: {_listed(unused)}")
+    weights = {k: v for k, v in weights.items() if k not in unused}
     for name in OPEN_CLIP_LOSS_PARAMETERS:  # unused (and frozen) here; the released checkpoints drop them
         if f"clip.{name}" in own and f"clip.{name}" not in weights:
             weights[f"clip.{name}"] = own[f"clip.{name}"]

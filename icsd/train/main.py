@@ -20,7 +20,7 @@ from icsd.losses import needs_teacher_features
 from icsd.runs import LAST
 from icsd.train.trainer import run_training
 
-EPILOG = """Every config key, its default and meaning: README.md, section "Config reference" (the schema is
+EPILOG = """Every config key, its default and meaning: docs/config.md (generated from the schema,
 icsd/config.py). --print-config shows the resolved config of a YAML file with its --opts."""
 
 

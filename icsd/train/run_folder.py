@@ -19,7 +19,15 @@ import torch
 
 from icsd.config import Config, config_to_dict
 from icsd.errors import CheckpointError, ConfigError, FileWriteError, RunFolderBusy
-from icsd.files import TMP_SUFFIX, require_creatable_folder, require_file, write_atomic, write_text, write_yaml
+from icsd.files import (
+    TMP_SUFFIX,
+    fsync_dir,
+    require_creatable_folder,
+    require_file,
+    write_atomic,
+    write_text,
+    write_yaml,
+)
 from icsd.lease import Lease, LeaseHeld, LeaseLost
 from icsd.logger import log_to_file
 from icsd.runs import BEST, CONFIG, LAST, LEASE, LOG, OUT_LOG, epoch_checkpoint, read_log
@@ -39,6 +47,7 @@ def link_checkpoint(src: str, dst: str) -> None:
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+    fsync_dir(os.path.dirname(dst))
 
 
 class RunFolder:
@@ -107,7 +116,8 @@ class RunFolder:
         try:
             write_atomic(self.last, lambda f: torch.save(checkpoint, f), "checkpoint")
         except FileWriteError as exc:
-            raise FileWriteError(f"{exc}. The previous checkpoint is intact; free space, then continue with "
+            fix = "free space" if exc.no_space else "fix the cause"
+            raise FileWriteError(f"{exc}. The previous checkpoint is intact; {fix}, then continue with "
                                  f"--resume auto", exc.no_space) from None
 
     def commit_epoch(self, checkpoint: dict) -> None:

@@ -68,7 +68,8 @@ def prepare_image(src: str, dst: str, size: int, quality: int) -> tuple[str, Opt
         os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
         tmp = f"{dst}.{os.getpid()}.tmp"
         image.save(tmp, format="JPEG", quality=quality)
-        os.replace(tmp, dst)  # a kill leaves no torn output under the final name
+        os.replace(tmp, dst)  # a kill leaves no torn output under the final name (not synced: is_prepared
+        # decodes every file again on the next run, so even a power cut costs a redo, never a torn input)
         return dst, expected, "done"
     except (OSError, ValueError) as exc:
         return dst, None, f"cannot prepare {src}: {exc}"
