@@ -4,6 +4,7 @@ still writing the recovery checkpoint; work that the main rank does alone before
 text-feature cache) does not strand the other rank when it fails."""
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import threading
 import time
 
 import psutil
+import pytest
 from launch import assert_prompt_clean_exit, run, torchrun_worker, train_argv
 
 from icsd.checkpoint import load_checkpoint
@@ -35,6 +37,23 @@ def test_a_rank_failing_in_the_optimizer_step_stops_the_job(tmp_path):
                         "message": message}])
     assert done.code != 0
     assert_prompt_clean_exit(done, done.code, message, last=False)
+
+
+@pytest.mark.parametrize("fault, message", [
+    ({"target": "icsd.losses.criterion:Criterion.__call__", "nth": 2, "rank": 1, "action": "nan"},
+     "error: non-finite loss ("),
+    ({"target": "torch:save", "match": "checkpoint_last.pth", "rank": 0, "action": "disk_full"},
+     "failed: no space left on the device: the disk is full. The previous checkpoint is intact"),
+    ({"target": "icsd.evaluate:recall_metrics", "nth": 1, "rank": 0, "action": "raise",
+      "message": "CUDA out of memory. Tried to allocate 4.00 GiB"}, "CUDA out of memory. Tried to allocate 4.00 GiB"),
+], ids=["non-finite loss on rank 1", "checkpoint write fails on rank 0", "evaluation fails on rank 0"])
+def test_a_failure_on_one_rank_ends_the_job(tmp_path, fault, message):
+    """A non-finite loss on one rank stops both at the same step (the loss sums are reduced); a failed
+    checkpoint write or an error in evaluation on the main rank ends it, and torchrun stops the other."""
+    done = run(train_argv(str(tmp_path / "run"), 2, faults=True), faults=[fault])
+    assert done.code != 0
+    assert_prompt_clean_exit(done, done.code, message, last=False)
+    assert not glob.glob(str(tmp_path / "run_seed42" / "*.tmp"))  # a failed write leaves no temp file
 
 
 def test_an_unreadable_image_stops_every_rank(tmp_path):

@@ -121,4 +121,4 @@ def test_a_failing_rank_with_nccl_exits_promptly(tmp_path):
                       faults=[{"target": "icsd.train.loop:optimizer_step", "nth": 2, "action": "raise",
                                "message": message}])
     assert done.code != 0
-    assert_prompt_clean_exit(done, done.code, message, last=False)
+    assert_prompt_clean_exit(done, done.code, message, last=False, within=60)  # as it ran on the H200
