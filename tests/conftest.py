@@ -48,12 +48,18 @@ CACHE_ENV = "ICSD_TEST_INPUT_CACHES"
 ORIGINALS = ("data.pixel_cache=null", "data.token_cache=null")  # decode and tokenize (tests of image reading)
 
 
+_EXAMPLE_FILES: set[str] = set()  # dataset_example's files when the session started (controlling process)
+
+
 def pytest_configure(config):
     """Test runs read dataset_example's images and tokens from pixel and token caches of the tiny model
     (``data.pixel_cache``, ``data.token_cache``), built once per session by the controlling process (xdist
     workers inherit their folder): decoding the 640x480 originals was most of a tiny-model step. Tests about
     reading images, or with a data root of their own, use ``ORIGINALS``."""
-    if hasattr(config, "workerinput") or os.environ.get(CACHE_ENV):
+    if hasattr(config, "workerinput"):
+        return
+    _EXAMPLE_FILES.update(os.listdir(EXAMPLE_DATA))
+    if os.environ.get(CACHE_ENV):
         return
     import tempfile
 
@@ -71,6 +77,17 @@ def pytest_configure(config):
                           token_meta(split, tokenizer_identity(backbone.tokenizer), backbone.clip.context_length))
     os.environ[CACHE_ENV] = out
     config.add_cleanup(lambda: shutil.rmtree(out, ignore_errors=True))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test writes into the repository's dataset_example (a cache built there by a test with another model
+    would be taken for the demo's): a file that appeared during the session fails the run."""
+    if hasattr(session.config, "workerinput") or not _EXAMPLE_FILES:
+        return
+    new = sorted(set(os.listdir(EXAMPLE_DATA)) - _EXAMPLE_FILES)
+    if new:
+        print(f"\nerror: the tests wrote into {EXAMPLE_DATA}: {', '.join(new)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def tiny_overrides(*extra: str) -> list[str]:

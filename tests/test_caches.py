@@ -82,9 +82,9 @@ def test_evaluation_from_the_caches_gives_the_same_metrics(tmp_path):
     assert results["cached"] == results["decoded"]
 
 
-def test_a_cache_that_no_longer_matches_is_refused(tmp_path):
+def test_a_cache_that_no_longer_matches_is_refused(tmp_path, monkeypatch):
     """Another transform, changed images, other library versions, other captions: each named, with how to
-    rebuild."""
+    rebuild. The data folder named by a relative path is the same cache."""
     root = tmp_path / "data"
     shutil.copytree(EXAMPLE_DATA, root)
     split = load_split("val", str(root / "val.json"), str(root))
@@ -92,6 +92,9 @@ def test_a_cache_that_no_longer_matches_is_refused(tmp_path):
     path = str(tmp_path / "val_pixels.npy")
     build_pixel_cache(path, split, pixels.host)
     check_cache(path, pixel_meta(split, pixels.host), split.num_images, "data.pixel_cache")  # as built: fine
+    monkeypatch.chdir(tmp_path)
+    relative = load_split("val", os.path.join("data", "val.json"), "data")
+    check_cache(path, pixel_meta(relative, pixels.host), split.num_images, "data.pixel_cache")
     other = split_transform(open_clip.image_transform(72, is_train=False))
     with pytest.raises(DataError, match=r"no longer matches: it was made with another transform.*Rebuild it: remove"):
         check_cache(path, pixel_meta(split, other.host), split.num_images, "data.pixel_cache")

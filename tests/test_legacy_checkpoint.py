@@ -12,12 +12,12 @@ import torch
 import evaluation
 import retrieval
 
-from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA, REPO
+from conftest import EXAMPLE_CONFIG, EXAMPLE_DATA, ORIGINALS, REPO
 
 LEGACY = os.path.join(REPO, "tests", "data", "legacy_v0")
 CHECKPOINT = os.path.join(LEGACY, "checkpoint_epoch1.pth")
 EXPECTED = json.load(open(os.path.join(LEGACY, "expected.json")))
-AS_TRAINED = [f"data.root={EXAMPLE_DATA}", f"model.clip={LEGACY}/icsd-micro.json", "data.num_workers=0"]
+AS_TRAINED = [f"data.root={EXAMPLE_DATA}", f"model.clip={LEGACY}/icsd-micro.json", "data.num_workers=0", *ORIGINALS]
 
 
 @pytest.fixture(autouse=True)

@@ -67,13 +67,14 @@ def pixel_meta(split: Split, host_transform) -> dict:
     import PIL
     import torchvision
 
-    sources = []
+    folder, sources = os.path.dirname(split.annotation_file), []
     for path in split.image_paths:
         try:
             stat = os.stat(path)
         except OSError as exc:
             raise DataError(f"{split.annotation_file}: cannot read image {path} ({exc.strerror})") from None
-        sources.append([path, stat.st_size, stat.st_mtime_ns])
+        # relative to the split's folder: the same cache whether data.root is given relative or absolute
+        sources.append([os.path.relpath(path, folder), stat.st_size, stat.st_mtime_ns])
     return {"kind": "pixels", "ids": list(split.image_ids), "sources": sources,
             "transform": " ".join(repr(host_transform).split()),  # one line: resize, crop and their settings
             "pillow": PIL.__version__, "torchvision": torchvision.__version__}
@@ -97,11 +98,15 @@ def _what_changed(found: dict, wanted: dict) -> str:
         return "it does not match"
     if found.get("ids") != wanted["ids"]:
         return "it holds other images (image ids)"
-    changed = [new[0] for old, new in zip(found.get("sources", []), wanted["sources"]) if old != new]
+    if found.get("transform") != wanted["transform"]:
+        return f"it was made with another transform ({found.get('transform')}; now {wanted['transform']})"
+    pairs = list(zip(found.get("sources", []), wanted["sources"]))
+    changed = [new[0] for old, new in pairs if old[1:] != new[1:]]
     if changed:
         return f"{len(changed)} image(s) changed since (size or modification time), first {changed[0]}"
-    if found.get("transform") != wanted["transform"]:
-        return f"it was made with another transform ({found.get('transform')})"
+    moved = [(old[0], new[0]) for old, new in pairs if old[0] != new[0]]
+    if moved:
+        return f"it lists its images under other paths (first {moved[0][0]}, now {moved[0][1]})"
     return (f"it was made with other library versions (Pillow {found.get('pillow')}, torchvision "
             f"{found.get('torchvision')}; now {wanted['pillow']}, {wanted['torchvision']}), whose resize can differ")
 
