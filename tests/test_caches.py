@@ -121,7 +121,8 @@ def test_a_cache_that_no_longer_matches_is_refused(tmp_path, monkeypatch):
 def test_training_refuses_a_stale_cache_and_reads_a_complete_one_without_writing(tmp_path, monkeypatch):
     """What training and evaluation call (``pixel_rows``, ``token_rows``): a cache of another transform or
     tokenizer is refused, never silently rebuilt; a complete one is used without taking its lease (a read-only
-    data folder); models that share a tokenizer share the token cache."""
+    data folder); one whose sidecar a kill left unwritten is rebuilt; models that share a tokenizer share the
+    token cache."""
     cfg = load_config_example()
     data = cfg.data.__class__(**{**cfg.data.__dict__, "pixel_cache": str(tmp_path / "{split}_pixels.npy"),
                                  "token_cache": str(tmp_path / "{split}_tokens.npy")})
@@ -141,6 +142,10 @@ def test_training_refuses_a_stale_cache_and_reads_a_complete_one_without_writing
     token_rows(data, split, open_clip.get_tokenizer("ViT-L-14-336"), 77)
     with pytest.raises(DataError, match=r"data.token_cache: .* no longer matches: its tokenizer differs"):
         token_rows(data, split, open_clip.SimpleTokenizer(context_length=32), 32)
+
+    os.remove(meta_path(str(tmp_path / "val_pixels.npy")))  # a build killed between its last two renames
+    assert len(pixel_rows(data, split, pixels.host)) == split.num_images  # rebuilt, not refused
+    assert open(tmp_path / "val_pixels.npy", "rb").read() == before
 
     def no_lock(self):
         raise PermissionError(13, "Permission denied")

@@ -198,7 +198,7 @@ def _ensure(path: str, meta: dict, rows: int, key: str, build: Callable[[], None
     """The cache at ``path``: a complete one of this job is used as it is (without a lease: the data folder may be
     read-only), one of another job is refused (``check_cache``), a missing one (or any, with ``overwrite``) is
     built under the cache's lease; while another run holds the lease, wait (one line) and use what it built."""
-    if os.path.isfile(path) and not overwrite:
+    if _built(path) and not overwrite:
         return check_cache(path, meta, rows, key)
     lease, said = Lease(path + ".lock"), False
     while True:
@@ -218,12 +218,17 @@ def _ensure(path: str, meta: dict, rows: int, key: str, build: Callable[[], None
             for stale in (path, meta_path(path)):
                 if os.path.exists(stale):
                     os.remove(stale)
-        if os.path.isfile(path):
+        if _built(path):
             check_cache(path, meta, rows, key)  # the run we waited for built it
         else:
             build()
     finally:
         lease.release()
+
+
+def _built(path: str) -> bool:
+    """A cache and its sidecar (a matrix without one is a build killed between its last two renames: rebuilt)."""
+    return os.path.isfile(path) and os.path.isfile(meta_path(path))
 
 
 # ----------------------------------------------------------------------------------------------------
