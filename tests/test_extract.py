@@ -222,12 +222,13 @@ def test_killed_extraction_redoes_rows_after_the_last_checkpoint(tmp_path, val_s
     assert read_bytes(path) == read_bytes(uninterrupted)
 
 
-def test_partial_file_of_another_job_is_not_continued(tmp_path, val_split, tiny_pooled, uninterrupted, capsys):
+def test_partial_file_of_another_job_is_not_continued(tmp_path, val_split, tiny_pooled, uninterrupted, caplog):
     path = str(tmp_path / "val.npy")
     tokens = build_image_encoder("open_clip", TINY_MODEL, None, "tokens", "cpu", seed=0)
     extract_image_features(path, val_split, tokens, batch_size=4, num_workers=0, show_progress=False, max_batches=1)
-    assert extract_image_features(path, val_split, tiny_pooled, batch_size=4, num_workers=0, show_progress=False)
-    assert "left by another job" in capsys.readouterr().err
+    with caplog.at_level("WARNING"):
+        assert extract_image_features(path, val_split, tiny_pooled, batch_size=4, num_workers=0, show_progress=False)
+    assert "left by another job" in caplog.text
     assert read_bytes(path) == read_bytes(uninterrupted)
 
 

@@ -35,7 +35,7 @@ from icsd.config import DataConfig
 from icsd.data.annotations import Split
 from icsd.data.captions import caption_fingerprint
 from icsd.data.datasets import load_image
-from icsd.data.feature_file import FeatureWriter, MatrixRows, is_complete, meta_path, read_meta
+from icsd.data.feature_file import FeatureWriter, MatrixRows, is_complete, is_written, meta_path, read_meta
 from icsd.data.loaders import Loader
 from icsd.errors import DataError, ImageReadError
 from icsd.lease import Lease, LeaseHeld
@@ -198,7 +198,7 @@ def _ensure(path: str, meta: dict, rows: int, key: str, build: Callable[[], None
     """The cache at ``path``: a complete one of this job is used as it is (without a lease: the data folder may be
     read-only), one of another job is refused (``check_cache``), a missing one (or any, with ``overwrite``) is
     built under the cache's lease; while another run holds the lease, wait (one line) and use what it built."""
-    if _built(path) and not overwrite:
+    if is_written(path) and not overwrite:
         return check_cache(path, meta, rows, key)
     lease, said = Lease(path + ".lock"), False
     while True:
@@ -218,17 +218,12 @@ def _ensure(path: str, meta: dict, rows: int, key: str, build: Callable[[], None
             for stale in (path, meta_path(path)):
                 if os.path.exists(stale):
                     os.remove(stale)
-        if _built(path):
+        if is_written(path):
             check_cache(path, meta, rows, key)  # the run we waited for built it
         else:
             build()
     finally:
         lease.release()
-
-
-def _built(path: str) -> bool:
-    """A cache and its sidecar (a matrix without one is a build killed between its last two renames: rebuilt)."""
-    return os.path.isfile(path) and os.path.isfile(meta_path(path))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -248,7 +243,8 @@ def pixel_rows(data: DataConfig, split: Split, host_transform, build: bool = Tru
     if build:
         _ensure(path, meta, split.num_images, "data.pixel_cache",
                 lambda: build_pixel_cache(path, split, host_transform, data.num_workers), overwrite)
-    check_cache(path, meta, split.num_images, "data.pixel_cache")
+    else:
+        check_cache(path, meta, split.num_images, "data.pixel_cache")
     return Rows(path)
 
 
@@ -272,7 +268,8 @@ def token_rows(data: DataConfig, split: Split, tokenizer, context_length: int, b
     if build:
         _ensure(path, meta, split.num_captions, "data.token_cache",
                 lambda: build_token_cache(path, split, tokenizer, meta), overwrite)
-    check_cache(path, meta, split.num_captions, "data.token_cache")
+    else:
+        check_cache(path, meta, split.num_captions, "data.token_cache")
     return Rows(path, as_long=True)
 
 
@@ -297,5 +294,6 @@ def input_caches(data: DataConfig, splits: dict[str, Split], backbone, env) -> d
                                   token_rows(data, split, backbone.tokenizer, backbone.clip.context_length, build))
                 for name, split in splits.items()}
 
-    run_on_main(env, lambda: opened(build=True) and None, "building the input caches")
-    return opened(build=False)
+    on_main: dict[str, SplitInputs] = {}
+    run_on_main(env, lambda: on_main.update(opened(build=True)), "building the input caches")
+    return on_main if env.is_main else opened(build=False)

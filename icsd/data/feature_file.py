@@ -141,12 +141,21 @@ def ids_fingerprint(ids) -> str:
 
 
 def job_identity(meta: dict, rows: int) -> dict:
-    """What must match for a partial file to be continued, or a finished one to be reused."""
-    job = {k: v for k, v in meta.items() if k != "ids"}
-    if "ids" in meta:
-        job["ids_fingerprint"] = ids_fingerprint(meta["ids"])
+    """What must match for a partial file to be continued, or a finished one to be reused. A list (the row ids,
+    a pixel cache's sources: one entry per row) is kept as its fingerprint: the progress file, rewritten at
+    every checkpoint of a build, stays small."""
+    job = {k: v for k, v in meta.items() if not isinstance(v, (list, tuple))}
+    for key, value in meta.items():
+        if isinstance(value, (list, tuple)):
+            job[f"{key}_fingerprint"] = ids_fingerprint(value if key == "ids" else map(json.dumps, value))
     job["rows"] = int(rows)
     return json.loads(json.dumps(job))  # as it reads back from JSON (tuples -> lists, ...)
+
+
+def is_written(path: str) -> bool:
+    """A finished matrix and its sidecar (``finish`` renames the matrix, then writes the sidecar: a matrix alone
+    is a job killed between the two, to be done again)."""
+    return os.path.isfile(path) and os.path.isfile(meta_path(path))
 
 
 def is_complete(path: str, meta: dict, rows: int) -> bool:

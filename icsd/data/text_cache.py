@@ -7,7 +7,6 @@ with the teacher's name and the fingerprint of the captions, as
 from __future__ import annotations
 
 import logging
-import os
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ from icsd.data.annotations import Split
 from icsd.data.build import data_path
 from icsd.data.captions import caption_fingerprint
 from icsd.data.extraction import run_extraction
-from icsd.data.feature_file import FeatureWriter, is_complete, meta_path
+from icsd.data.feature_file import FeatureWriter, is_complete, is_written
 from icsd.distributed import DistEnv, run_on_main
 from icsd.errors import ConfigError, DataError
 
@@ -80,7 +79,7 @@ def ensure_text_cache(data: DataConfig, split: Split, env: DistEnv) -> None:
     path = data_path(data, data.text_features, split.name)
 
     def build() -> None:
-        if os.path.isfile(path) and os.path.isfile(meta_path(path)):
+        if is_written(path):
             return
         if data.text_teacher is None:
             raise DataError(f"text feature cache not found: {path}, and data.text_teacher is null so it cannot "
