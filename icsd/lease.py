@@ -181,14 +181,17 @@ class Lease:
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - a failed write (full disk, NFS hiccup): try again next time
+                logger.warning(f"could not refresh {self.path} ({exc}); retrying in {REFRESH_SECONDS:.0f} s")
 
     def refresh(self) -> None:
         """Renew the lease; if another run took it over meanwhile, stop holding it (``check`` then raises)."""
         if not self._still_mine():
             return
         self.holder.refreshed = time.time()
-        write_json(self.path, dataclasses.asdict(self.holder), "run-folder lease")
+        write_json(self.path, dataclasses.asdict(self.holder), "lease")
 
     def _still_mine(self) -> bool:
         if self.held:

@@ -1,6 +1,6 @@
-"""Every exit is prompt, with DataLoader workers running (docs/data.md): the real entry point as a
+"""Every exit is prompt, with DataLoader workers running (docs/training.md): the real entry point as a
 subprocess (interpreter exit is where a job used to hang), ``data.num_workers=2`` (persistent workers), each
-stop path with its exit status, its message shown once and last, the process gone within 60 s of the message,
+stop path with its exit status, its message shown once and last, the process gone within 30 s of the message,
 and no process of the run left. Faults go in through ``tests/scripts/with_faults.py``."""
 from __future__ import annotations
 
@@ -124,3 +124,25 @@ def test_a_failed_write_names_its_cause_and_leaves_the_old_file(tmp_path, code, 
         write_atomic(path, failing, "checkpoint")
     assert info.value.no_space == (code != errno.EIO)
     assert os.listdir(tmp_path) == ["checkpoint.pth"] and torch.load(path)["epoch"] == 1
+
+
+def test_a_checkpoint_link_falls_back_to_a_durable_copy(tmp_path, monkeypatch):
+    """Where the file system has no hard links, best/epoch checkpoints are copies written like every file (temp
+    name, sync, rename): whole, and on a full disk the writer's message, with no temp file left."""
+    from icsd.train import run_folder
+
+    src, dst = str(tmp_path / "checkpoint_last.pth"), str(tmp_path / "checkpoint_best.pth")
+    write_atomic(src, lambda f: torch.save({"epoch": 3}, f))
+    monkeypatch.setattr(run_folder.os, "link", lambda a, b: (_ for _ in ()).throw(OSError(errno.EPERM, "no links")))
+    run_folder.link_checkpoint(src, dst)
+    assert not os.path.samefile(src, dst) and torch.load(dst)["epoch"] == 3
+
+    def full(source, f):
+        f.write(b"part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(run_folder.shutil, "copyfileobj", full)
+    with pytest.raises(FileWriteError, match=f"writing the checkpoint {tmp_path}/checkpoint_epoch3.pth failed: "
+                                             f"no space left"):
+        run_folder.link_checkpoint(src, str(tmp_path / "checkpoint_epoch3.pth"))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_best.pth", "checkpoint_last.pth"]

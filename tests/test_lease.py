@@ -18,7 +18,12 @@ import pytest
 from launch import run, train_argv
 
 from icsd import lease as lease_module
+from icsd.config import load_config
+from icsd.errors import FileWriteError, RunFolderBusy
 from icsd.lease import Holder, Lease, LeaseHeld, LeaseLost
+from icsd.train.run_folder import RunFolder
+
+from conftest import EXAMPLE_CONFIG
 
 
 def RunLease(folder: str) -> Lease:  # noqa: N802 - a run folder's lease, as icsd.train.run_folder takes it
@@ -77,24 +82,43 @@ def test_another_hosts_fresh_lease_is_respected_unless_forced(tmp_path, caplog):
     lease.release()
 
 
-def test_a_run_that_lost_its_lease_stops_writing(tmp_path, monkeypatch):
-    lease = RunLease(str(tmp_path))
-    lease.acquire()
-    thief = write_lease(tmp_path, pid=12345, host="gpu-node-3")  # taken over meanwhile (this run was frozen)
+def test_a_run_that_lost_its_lease_stops_writing(tmp_path):
+    """The run folder's save checks the lease first: a run whose lease was taken over (it was frozen, the
+    other run saw a stale lease) writes no checkpoint, and names the new holder."""
+    cfg = load_config(EXAMPLE_CONFIG, [f"output_dir={tmp_path}/run"])
+    folder = RunFolder(cfg)
+    assert folder.open(resume=None) is None
+    lease = folder.lease
+    thief = write_lease(tmp_path / "run_seed42", pid=12345, host="gpu-node-3")
     lease.refresh()  # the refresh thread notices and stops renewing
     with pytest.raises(LeaseLost, match=re.escape(f"was taken over by {thief.describe()}")):
         lease.check()
-    lease.release()
-    assert json.loads((tmp_path / "run.lock").read_text())["token"] == "other"  # the thief's lease stays
+    with pytest.raises(RunFolderBusy, match=re.escape(f"lost its folder's lease to {thief.describe()}: it stops "
+                                                      f"without writing")):
+        folder.save({"epoch": 1})
+    assert not os.path.exists(folder.last)
+    folder.close()
+    assert json.loads((tmp_path / "run_seed42" / "run.lock").read_text())["token"] == "other"  # the thief's stays
 
 
-def test_the_lease_is_refreshed(tmp_path, monkeypatch):
+def test_the_lease_is_refreshed_and_a_failed_refresh_is_retried(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(lease_module, "REFRESH_SECONDS", 0.05)
+    real, calls = lease_module.write_json, []
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the first refresh
+            raise FileWriteError("writing the lease failed: no space left on the device", no_space=True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lease_module, "write_json", failing_once)
     lease = RunLease(str(tmp_path))
     lease.acquire()
     before = json.loads((tmp_path / "run.lock").read_text())["refreshed"]
-    time.sleep(0.5)
-    assert json.loads((tmp_path / "run.lock").read_text())["refreshed"] > before
+    with caplog.at_level(logging.WARNING, logger="icsd.lease"):
+        time.sleep(0.5)
+    assert json.loads((tmp_path / "run.lock").read_text())["refreshed"] > before  # refreshed after the failure
+    assert "could not refresh" in caplog.text and len(calls) > 2
     lease.release()
 
 

@@ -44,8 +44,10 @@ def link_checkpoint(src: str, dst: str) -> None:
         os.remove(tmp)
     try:
         os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
+    except OSError:  # no hard links here: a durable copy, with the writer's messages (a full disk named)
+        with open(src, "rb") as source:
+            write_atomic(dst, lambda f: shutil.copyfileobj(source, f), "checkpoint")
+        return
     os.replace(tmp, dst)
     fsync_dir(os.path.dirname(dst))
 
@@ -98,8 +100,10 @@ class RunFolder:
             os.rmdir(self.path)
 
     def remove_temp_files(self) -> None:
+        """What a kill left half-written; not the lease's own temp file, which its refresh may be writing."""
         for tmp in glob.glob(os.path.join(self.path, "*" + TMP_SUFFIX)):
-            os.remove(tmp)
+            if tmp != self.lease.path + TMP_SUFFIX:
+                os.remove(tmp)
 
     def write_log(self, records: list[dict]) -> None:
         """``log.jsonl`` as a whole, from the records the last checkpoint carries."""
