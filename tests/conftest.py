@@ -48,7 +48,17 @@ CACHE_ENV = "ICSD_TEST_INPUT_CACHES"
 ORIGINALS = ("data.pixel_cache=null", "data.token_cache=null")  # decode and tokenize (tests of image reading)
 
 
-_EXAMPLE_FILES: set[str] = set()  # dataset_example's files when the session started (controlling process)
+_EXAMPLE_FILES: set[tuple] = set()  # dataset_example's files when the session started (controlling process)
+
+
+def _example_files() -> set[tuple]:
+    """Every file under dataset_example with its size and modification time."""
+    found = set()
+    for folder, _, names in os.walk(EXAMPLE_DATA):
+        for name in names:
+            stat = os.stat(os.path.join(folder, name))
+            found.add((os.path.relpath(os.path.join(folder, name), EXAMPLE_DATA), stat.st_size, stat.st_mtime_ns))
+    return found
 
 
 def pytest_configure(config):
@@ -58,7 +68,7 @@ def pytest_configure(config):
     reading images, or with a data root of their own, use ``ORIGINALS``."""
     if hasattr(config, "workerinput"):
         return
-    _EXAMPLE_FILES.update(os.listdir(EXAMPLE_DATA))
+    _EXAMPLE_FILES.update(_example_files())
     if os.environ.get(CACHE_ENV):
         return
     import tempfile
@@ -81,12 +91,12 @@ def pytest_configure(config):
 
 def pytest_sessionfinish(session, exitstatus):
     """No test writes into the repository's dataset_example (a cache built there by a test with another model
-    would be taken for the demo's): a file that appeared during the session fails the run."""
+    would be taken for the demo's): a file made or changed during the session fails the run."""
     if hasattr(session.config, "workerinput") or not _EXAMPLE_FILES:
         return
-    new = sorted(set(os.listdir(EXAMPLE_DATA)) - _EXAMPLE_FILES)
-    if new:
-        print(f"\nerror: the tests wrote into {EXAMPLE_DATA}: {', '.join(new)}", file=sys.stderr)
+    written = sorted({name for name, _, _ in _example_files() - _EXAMPLE_FILES})
+    if written:
+        print(f"\nerror: the tests wrote into {EXAMPLE_DATA}: {', '.join(written)}", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -65,16 +65,26 @@ def test_batches_from_the_caches_equal_the_decoded_and_tokenized_ones(example_cf
                        torch.stack([EvalTexts(split, tokenizer, tokens)[i] for i in range(10)]))
 
 
-def test_evaluation_from_the_caches_gives_the_same_metrics(tmp_path):
-    """A checkpoint evaluated from the originals and from the caches: identical metrics."""
+def test_evaluation_from_the_caches_gives_the_same_metrics(tmp_path, monkeypatch):
+    """Training and evaluation with the caches set decode no image and tokenize no caption; a checkpoint
+    evaluated from the originals and from the caches: identical metrics."""
     import retrieval
 
+    from icsd.data import datasets
+
+    def forbidden(*args):
+        raise AssertionError("an image decoded or a caption tokenized although the caches are set")
+
+    monkeypatch.setattr(datasets, "load_image", forbidden)
+    monkeypatch.setattr(datasets.Tokenized, "__call__", forbidden)
     out = str(tmp_path / "run")
     assert retrieval.main(["--config", EXAMPLE_CONFIG, "--opts", *tiny_overrides(
         f"output_dir={out}", "train.epochs=1", "eval.splits=[val]", "eval.eval_before_training=false")]) == 0
     ckpt = os.path.join(out + "_seed42", "checkpoint_last.pth")
     results = {}
     for name, opts in (("cached", []), ("decoded", ["data.pixel_cache=null", "data.token_cache=null"])):
+        if name == "decoded":
+            monkeypatch.undo()
         path = str(tmp_path / f"{name}.json")
         assert evaluation.main(["--checkpoint", ckpt, "--split", "val", "test", "--out", path,
                                 *(["--opts", *opts] if opts else [])]) == 0
