@@ -69,7 +69,6 @@ def test_evaluation_from_the_caches_gives_the_same_metrics(tmp_path, monkeypatch
     """Training and evaluation with the caches set decode no image and tokenize no caption; a checkpoint
     evaluated from the originals and from the caches: identical metrics."""
     import retrieval
-
     from icsd.data import datasets
 
     def forbidden(*args):

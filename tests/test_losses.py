@@ -626,7 +626,7 @@ def test_uni_modal_gradients_match_finite_differences():
 
     def reference_loss() -> float:
         r = ref_uni(out["x_img"], out["x_txt"], ext_img, ext_txt, heads, {k: val(v) for k, v in temps.items()}, 1.0)
-        return 2 * r["loss_uni"] / 2  # the term's unweighted loss: (uni_img + uni_txt) / 2
+        return r["loss_uni"]  # the term's unweighted loss (weight 1.0 above): (uni_img + uni_txt) / 2
 
     h = 1e-6
     checks = [("x_img", out["x_img"]), ("tau_u_img", temps["tau_u_img"]), ("tau_u_txt", temps["tau_u_txt"]),

@@ -32,9 +32,7 @@ from icsd.errors import ConfigError
 
 BUILTIN_TERMS = ("icsd.losses.contrastive:Contrastive", "icsd.losses.soft_label:SoftLabel",
                  "icsd.losses.uni_modal:UniModal")
-MODEL_OUTPUTS = ("x_img", "x_txt", "f_img", "f_txt")
 DERIVED_OUTPUTS = {"logits": ("f_img", "f_txt")}  # computed by the criterion from these (after a gather)
-BATCH_FIELDS = ("image_index", "ext_img", "ext_txt")
 
 
 @dataclass(frozen=True)

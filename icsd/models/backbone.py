@@ -23,7 +23,6 @@ class Backbone:
     embed_dim: int
     transform: Callable  # the backbone's eval transform (resize, centre crop, normalise): PIL -> float tensor
     tokenizer: Callable
-    name: str = ""  # the open_clip model name (the tokenizer's identity in the token cache)
 
     @cached_property
     def pixels(self) -> PixelTransform:
@@ -89,4 +88,4 @@ def build_backbone(cfg: ModelConfig, weights_follow: bool = False) -> Backbone:
         logging.getLogger().removeFilter(quiet)
     model_cfg = open_clip.get_model_config(name)
     embed_dim = int(model_cfg["embed_dim"]) if model_cfg else int(clip.text_projection.shape[1])
-    return Backbone(clip, embed_dim, transform, open_clip.get_tokenizer(name), name)
+    return Backbone(clip, embed_dim, transform, open_clip.get_tokenizer(name))

@@ -29,7 +29,8 @@ class Temperature(nn.Module):
 
 class Temperatures(nn.ModuleDict):
     """The loss terms' temperatures by name (``tau``, ``tau_s``, ``tau_t``, ...: ``Criterion.temperatures``), each
-    from its ``TemperatureConfig``. Only the temperatures of terms that are on exist."""
+    from its ``TemperatureConfig``. Only the temperatures that a term which is on uses exist (a term may use
+    another's: CUSA's uni-modal term, the soft label's teacher temperature)."""
 
     def __init__(self, specs: dict[str, TemperatureConfig]):
         super().__init__({name: Temperature(cfg) for name, cfg in specs.items()})
