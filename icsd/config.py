@@ -239,6 +239,11 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _within(where: str, suffix: str) -> str:
+    """``where`` of a list item or an item's key: "key 'eval.extra'" -> "key 'eval.extra[0]'"."""
+    return where[:-1] + suffix + "'" if where.endswith("'") else where + suffix
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Return ``value`` checked against the annotation ``tp``; raise ConfigError if it does not fit."""
     origin = typing.get_origin(tp)
@@ -262,14 +267,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
         (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item, _within(where, f"[{i}]")) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):  # an item of a list of sections (eval.extra)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping with keys {', '.join(_yaml_keys(tp))}, got {value!r}")
         keys, hints = _yaml_keys(tp), typing.get_type_hints(tp)
         source, _, label = where.rpartition(": key ")
         _check_keys(value, keys, f"the item {label}", source)
-        return tp(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in value.items()})
+        return tp(**{k: _coerce(v, hints[k], _within(where, f".{k}")) for k, v in value.items()})
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected bool (true/false), got {value!r}")

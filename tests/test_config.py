@@ -206,6 +206,18 @@ def test_shipped_configs_resolve_as_stored(repo, monkeypatch):
             {k: v for k, v in _added_keys(path).items() if k not in before}, path
 
 
+def test_list_items_are_checked_by_their_place():
+    """Items of a list key, and the keys of a list of sections (eval.extra), are named with their index."""
+    with pytest.raises(ConfigError, match=r"key 'eval.splits\[1\]': expected str, got 3"):
+        load_config(None, ["eval.splits=[val, 3]"])
+    with pytest.raises(ConfigError, match=r"key 'eval.extra\[0\].split': expected str, got 3"):
+        load_config(None, ["eval.extra=[{name: f, root: r, split: 3}]"])
+    with pytest.raises(ConfigError, match=r"unknown key 'rot' in the item 'eval.extra\[0\]'; did you mean 'root'"):
+        load_config(None, ["eval.extra=[{name: f, rot: r}]"])
+    with pytest.raises(ConfigError, match=r"key 'eval.extra\[0\]': expected a mapping with keys name, root"):
+        load_config(None, ["eval.extra=[3]"])
+
+
 def test_temperature_keys_map_onto_one_type(tmp_path):
     """The users' flat keys (tau, tau_min, ..., learn_teacher_tau) fill one TemperatureConfig each."""
     cfg = load_config(write(tmp_path, "loss:\n  soft_label: {tau: 0.3, tau_max: 0.5, learn_teacher_tau: true}\n"),
