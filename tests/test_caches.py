@@ -272,3 +272,14 @@ def test_the_example_config_builds_its_caches_on_first_use_and_reads_them(tmp_pa
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0 and "building" not in out.stdout + out.stderr and "[done]" in out.stdout, out.stderr
+
+
+def test_building_a_cache_leaves_the_random_stream_alone(tmp_path):
+    """A run that builds its pixel cache draws the same random numbers afterwards as one that found it built."""
+    split = load_data_split(load_config_example().data, "val")
+    pixels = split_transform(open_clip.image_transform(64, is_train=False))
+    torch.manual_seed(0)
+    build_pixel_cache(str(tmp_path / "val_pixels.npy"), split, pixels.host)
+    after_build = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after_build)

@@ -165,8 +165,9 @@ def build_pixel_cache(path: str, split: Split, host_transform, num_workers: int 
     logger.info(f"building the pixel cache {path}: {split.num_images} images of {split.name} "
                 f"({split.num_images * sample.numel() / 1e9:.2f} GB, {num_workers} workers, once)")
     try:
-        for batch in loader:
-            writer.write(batch.numpy())
+        with torch.random.fork_rng(devices=[]):  # the loader draws its workers' seed: a run that builds the
+            for batch in loader:                 # cache goes on with the same random stream as one that finds it
+                writer.write(batch.numpy())
     except ImageReadError as exc:
         writer.close()
         raise DataError(f"building {path}: {exc}") from None
