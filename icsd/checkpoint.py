@@ -1,22 +1,19 @@
 """Reading a checkpoint written by training (``torch.save`` of a dict with a ``model`` state)."""
 from __future__ import annotations
 
-import os
 import zipfile
 
 import torch
 
 from icsd.errors import CheckpointError
+from icsd.files import require_file
 
 
-def load_checkpoint(path: str, key: str = "checkpoint") -> dict:
+def load_checkpoint(path: str, key: str = "--checkpoint") -> dict:
     """The checkpoint's dict, memory-mapped (tensors never used, such as the optimizer state when only
     evaluating, are never read); a legacy (non-zip) torch file is read without mmap. ``key``: how the user
     named the path (a flag), for the message when it is missing or a folder."""
-    if os.path.isdir(path):
-        raise CheckpointError(f"{key}: {path} is a folder, not a checkpoint file")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+    require_file(path, key, CheckpointError, "checkpoint")
     is_zip = zipfile.is_zipfile(path)  # torch.save's format since 1.6; mmap needs it
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=is_zip)

@@ -153,6 +153,6 @@ def assert_prompt_clean_exit(done: Finished, code: int, message: str, last: bool
     assert done.code == code, f"exit {done.code}, expected {code}:\n{done.output[-4000:]}"
     assert done.count(message) == 1, done.output[-4000:]
     if last:
-        assert done.lines[-1][1].strip().endswith(message) or message in done.lines[-1][1], done.output[-3000:]
+        assert message in done.lines[-1][1], done.output[-3000:]
     assert done.seconds_after(message) < within, done.seconds_after(message)
     assert done.leftovers == [], done.leftovers

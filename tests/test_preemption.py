@@ -102,7 +102,7 @@ def test_checkpoint_every_steps_survives_kill_9(tmp_path, reference):
     steps 3 and 7 of epoch 2); SIGKILL (no chance to save) in epoch 2 after step 4: the run resumes after
     step 3 of epoch 2 and ends like the uninterrupted run."""
     out = str(tmp_path / "run")
-    opts = ("train.checkpoint_every_steps=4", "data.num_workers=2")  # the kill leaves no worker behind either
+    opts = ("train.checkpoint_every_steps=4", "data.num_workers=2")  # resume is exact with workers too
     proc = run_until(command(out, 1, *opts), "epoch 2/2 step 4/9", signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     state = load_checkpoint(os.path.join(out + "_seed42", "checkpoint_last.pth"))

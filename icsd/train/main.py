@@ -75,7 +75,7 @@ def main(argv=None) -> int:
             check_data(cfg, with_teachers=needs_teacher_features(cfg.loss))
         elif args.eval:
             checkpoint = eval_checkpoint(args.resume, cfg.run_dir)
-            weights = load_checkpoint(checkpoint)["model"] if checkpoint else None
+            weights = load_checkpoint(checkpoint, "--resume")["model"] if checkpoint else None
             run_evaluation(cfg, env, weights, cfg.eval.splits, source=checkpoint or "")
         else:
             run_training(cfg, env, args.resume, args.force_unlock)

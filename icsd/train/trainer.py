@@ -140,7 +140,7 @@ def build_session(cfg: Config, env: DistEnv, data: TrainingData, folder: RunFold
                   resume_path: Optional[str]) -> Session:
     """The model (with the checkpoint's weights when resuming), its optimizer, schedule and scaler, the
     loader, the restored training state, and the run folder started."""
-    checkpoint = load_checkpoint(resume_path) if resume_path is not None else None
+    checkpoint = load_checkpoint(resume_path, "--resume") if resume_path is not None else None
     model, backbone = build_model_for(cfg, env, checkpoint["model"] if checkpoint else None, resume_path or "")
     # the pixel and token caches of the trained and evaluated splits (not the extra datasets'): built if missing
     cached = {n: s for n, s in data.eval_splits.items() if n in cfg.eval.splits}
